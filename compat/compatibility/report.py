@@ -1,0 +1,208 @@
+"""Reports of a compatibility evaluation: ``compat.json``, ``compat.md`` and the heatmap ``compat.png``.
+
+:func:`write_reports` writes the three files all-or-nothing: they are rendered into a temporary
+directory first and only then moved into place, so a failure never leaves a partial report.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from compat.compatibility.matrix import CompatibilityReport
+
+__all__ = ["render_markdown", "plot_heatmaps", "write_reports", "JSON_NAME", "MARKDOWN_NAME", "HEATMAP_NAME"]
+
+JSON_NAME = "compat.json"
+MARKDOWN_NAME = "compat.md"
+HEATMAP_NAME = "compat.png"
+
+PASS_MARK = "✓"
+FAIL_MARK = "✗"
+UNDEFINED = "–"
+
+
+def _pct(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{100 * value:.2f}"
+
+
+def _pp(value: float | None) -> str:
+    """A difference of fractions as signed percentage points."""
+    if value is None:
+        return "n/a"
+    return f"{100 * value:+.2f} pp"
+
+
+def _num(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.2f}"
+
+
+def _md(text: str) -> str:
+    """Escape what would break a markdown table cell."""
+    return text.replace("|", "\\|")
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def _metric_section(report: CompatibilityReport, metric: str) -> list[str]:
+    names = [_md(v) for v in report.versions]
+    matrix = report.matrices[metric]
+    s = report.summary[metric]
+    rows = []
+    for i, name in enumerate(names):
+        row = [f"**{name}**"]
+        for j in range(len(names)):
+            if j > i:
+                row.append(UNDEFINED)
+                continue
+            cell = _pct(matrix[i][j])
+            if j < i and s.ecc[i][j] is not None:
+                cell += " " + (PASS_MARK if s.ecc[i][j] else FAIL_MARK)
+            row.append(cell)
+        rows.append(row)
+    pairs = [s.ecc[i][j] for i in range(len(names)) for j in range(i)]
+    ac = _num(s.ac)
+    if pairs:
+        ac += f" ({sum(bool(p) for p in pairs)}/{len(pairs)} pairs)"
+    stats = f"AC {ac} · AM {_pct(s.am)}% · BC {_pp(s.bc)} · FC {_pp(s.fc)} · update gain {_num(s.update_gain)}"
+    return [f"## {_md(metric)}", "", *_table(["query \\ gallery", *names], rows), "", stats, ""]
+
+
+def _queries_section(report: CompatibilityReport) -> list[str]:
+    names = [_md(v) for v in report.versions]
+    rows = []
+    for i, name in enumerate(names):
+        row = [f"**{name}**"]
+        for j in range(len(names)):
+            c = report.queries[i][j] if j <= i else None
+            row.append(UNDEFINED if c is None else f"{c.n_queries} / {c.n_without_positive}")
+        rows.append(row)
+    return [
+        "## Queries",
+        "",
+        "Queries evaluated / queries without any positive in the gallery, per cell.",
+        "",
+        *_table(["query \\ gallery", *names], rows),
+        "",
+    ]
+
+
+def render_markdown(report: CompatibilityReport) -> str:
+    """The ``compat.md`` report.
+
+    Per metric: the lower-triangular matrix in percent (rows: query version, columns: gallery
+    version), off-diagonal cells marked ✓ / ✗ by the empirical compatibility criterion, then AC,
+    AM (percent), BC and FC (signed percentage points) and the update gain. Then the query counts.
+    """
+    lines = [
+        "# Compatibility report",
+        "",
+        f"Versions (oldest first): {', '.join(_md(v) for v in report.versions)} · protocol: {report.protocol}",
+        "",
+        f"Cells: queries of the row version against the gallery of the column version, in percent; "
+        f"{PASS_MARK} / {FAIL_MARK}: passes / fails the empirical compatibility criterion "
+        "(beats the gallery version against itself).",
+        "",
+    ]
+    for metric in report.metrics:
+        lines += _metric_section(report, metric)
+    lines += _queries_section(report)
+    return "\n".join(lines)
+
+
+def plot_heatmaps(report: CompatibilityReport, path: Path) -> None:
+    """Write one heatmap panel per metric to ``path`` (PNG).
+
+    The lower triangle is coloured and annotated in percent; the upper triangle is blank.
+    Off-diagonal cells that fail the compatibility criterion get red bold text and a red border.
+    The file is byte-for-byte deterministic (no software or time stamp in its metadata).
+    """
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    t = len(report.versions)
+    n = len(report.metrics)
+    side = 1.0 + 0.9 * t
+    fig = Figure(figsize=(side * n + 0.6 * n, side + 0.9), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    for ax, metric in zip(axes, report.metrics, strict=True):
+        matrix = report.matrices[metric]
+        ecc = report.summary[metric].ecc
+        values = np.full((t, t), np.nan)
+        for i in range(t):
+            for j in range(i + 1):
+                if matrix[i][j] is not None:
+                    values[i, j] = matrix[i][j]
+        masked = np.ma.masked_invalid(values)
+        image = ax.imshow(masked, cmap="viridis", vmin=np.nanmin(values), vmax=np.nanmax(values))
+        for i in range(t):
+            for j in range(i + 1):
+                if np.isnan(values[i, j]):
+                    continue
+                failed = j < i and ecc[i][j] is False
+                lum = np.dot(image.to_rgba(values[i, j])[:3], (0.299, 0.587, 0.114))
+                color = "red" if failed else ("black" if lum > 0.5 else "white")
+                ax.text(j, i, f"{100 * values[i, j]:.2f}", ha="center", va="center", color=color,
+                        fontsize=9, fontweight="bold" if failed else "normal")
+                if failed:
+                    ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.5))
+        ax.set_title(metric)
+        ax.set_xticks(range(t), report.versions, rotation=45 if t > 4 else 0)
+        ax.set_yticks(range(t), report.versions)
+        ax.set_xlabel("gallery version")
+        ax.set_ylabel("query version")
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+    fig.suptitle(f"compatibility ({report.protocol}), % — red: fails the compatibility criterion", fontsize=10)
+    fig.savefig(path, format="png", dpi=100, metadata={"Software": None})
+
+
+def write_reports(report: CompatibilityReport, out_dir: Path, *, extra_json: dict | None = None) -> list[Path]:
+    """Write ``compat.json``, ``compat.md`` and ``compat.png`` into ``out_dir``, all or nothing.
+
+    Args:
+        report: the chain evaluation.
+        out_dir: created if needed; existing report files are replaced.
+        extra_json: top-level keys merged into ``compat.json`` (the DESIGN.md schema when ``None``).
+
+    Returns:
+        The paths of the three files, in the order above.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # The temporary directory lives inside out_dir: same filesystem even when out_dir is a mount
+    # point, and writable whenever out_dir is. It is removed whatever happens.
+    tmp = Path(tempfile.mkdtemp(prefix=".compat-tmp-", dir=out_dir))
+    moved: list[Path] = []
+    try:
+        document = report.to_json() | (extra_json or {})
+        (tmp / JSON_NAME).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        (tmp / MARKDOWN_NAME).write_text(render_markdown(report), encoding="utf-8")
+        plot_heatmaps(report, tmp / HEATMAP_NAME)
+        for name in (JSON_NAME, MARKDOWN_NAME, HEATMAP_NAME):
+            os.replace(tmp / name, out_dir / name)
+            moved.append(out_dir / name)
+    except BaseException:
+        for p in moved:
+            p.unlink(missing_ok=True)
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return moved

@@ -1,0 +1,21 @@
+"""Exact retrieval: k-nearest-neighbour backends, metrics and the three evaluation protocols."""
+
+from compat.retrieval.evaluator import DEFAULT_METRICS, Protocol, RetrievalEvaluator
+from compat.retrieval.knn import Backend, Similarity, knn
+from compat.retrieval.metrics import Metric, RetrievalResult, parse_metric
+from compat.retrieval.protocols import leave_one_out, pair_verification, template_identification
+
+__all__ = [
+    "Backend",
+    "DEFAULT_METRICS",
+    "Metric",
+    "Protocol",
+    "RetrievalEvaluator",
+    "RetrievalResult",
+    "Similarity",
+    "knn",
+    "leave_one_out",
+    "pair_verification",
+    "parse_metric",
+    "template_identification",
+]

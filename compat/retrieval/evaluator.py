@@ -1,0 +1,158 @@
+"""The retrieval evaluator: configure once, evaluate many (query, gallery) cells."""
+
+from __future__ import annotations
+
+import os
+from enum import Enum
+
+import numpy as np
+
+from compat.errors import CompatError
+from compat.features import FeatureSet
+from compat.retrieval.knn import (
+    DEFAULT_MEMORY_BUDGET,
+    Backend,
+    Similarity,
+    parse_memory_budget,
+    resolve_backend,
+    resolve_device,
+)
+from compat.retrieval.metrics import Metric, MetricKind, RetrievalResult, parse_metrics
+from compat.retrieval.protocols import leave_one_out, pair_verification, template_identification
+
+__all__ = ["Protocol", "RetrievalEvaluator", "DEFAULT_METRICS"]
+
+DEFAULT_METRICS = ("cmc@1", "cmc@5", "map")
+
+
+class Protocol(str, Enum):
+    LOO = "loo"
+    TEMPLATE = "template"
+    PAIRS = "pairs"
+
+
+_ALLOWED = {
+    Protocol.LOO: {MetricKind.CMC, MetricKind.MAP, MetricKind.MAP_AT_R},
+    Protocol.TEMPLATE: {MetricKind.CMC, MetricKind.MAP},
+    Protocol.PAIRS: {MetricKind.ACC},
+}
+
+
+def _choice(enum_cls: type[Enum], value: object, field: str):
+    try:
+        return enum_cls(value)
+    except ValueError:
+        choices = ", ".join(m.value for m in enum_cls)
+        raise CompatError(f"{field}: unknown value {value!r}; expected one of {choices}") from None
+
+
+class RetrievalEvaluator:
+    """Evaluates query features against gallery features under one protocol.
+
+    Args:
+        metrics: names such as ``cmc@1``, ``cmc@5``, ``map``, ``map@r`` (loo); ``cmc@k``, ``map``
+            (template); ``acc`` (pairs). ``None``: ``cmc@1, cmc@5, map`` or ``acc`` for pairs.
+        protocol: ``loo`` (default), ``template`` or ``pairs``.
+        similarity: ``cosine`` (default) or ``l2``.
+        backend: ``auto``, ``torch`` or ``faiss`` for the top-k search.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        memory_budget: bytes or a size string (default 1GiB) bounding the score blocks.
+        pairs: positive (and negative) pairs for the ``pairs`` protocol.
+        folds: folds for the verification threshold.
+        seed: seed of the pair sampler and fold split.
+        threads: CPU threads for ranking (default: torch's thread count).
+
+    Example:
+        >>> ev = RetrievalEvaluator(metrics=("cmc@1", "map"))
+        >>> result = ev.evaluate(query=new_features, gallery=old_features)   # doctest: +SKIP
+        >>> result["cmc@1"]                                                   # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        metrics: tuple[str, ...] | list[str] | None = None,
+        *,
+        protocol: Protocol | str = Protocol.LOO,
+        similarity: Similarity | str = Similarity.COSINE,
+        backend: Backend | str = Backend.AUTO,
+        device: str = "auto",
+        memory_budget: int | str = DEFAULT_MEMORY_BUDGET,
+        pairs: int = 3000,
+        folds: int = 10,
+        seed: int = 0,
+        threads: int | None = None,
+    ):
+        self.protocol: Protocol = _choice(Protocol, protocol, "protocol")
+        if metrics is None:
+            metrics = ("acc",) if self.protocol is Protocol.PAIRS else DEFAULT_METRICS
+        self.metrics: tuple[Metric, ...] = parse_metrics(tuple(metrics))
+        for m in self.metrics:
+            if m.kind not in _ALLOWED[self.protocol]:
+                allowed = ", ".join(sorted(k.value + ("@K" if k is MetricKind.CMC else "") for k in _ALLOWED[self.protocol]))
+                raise CompatError(f"metric: {m.name!r} is not defined for protocol {self.protocol.value!r}; "
+                                  f"expected {allowed}")
+        self.similarity: Similarity = _choice(Similarity, similarity, "similarity")
+        self.device = resolve_device(device)
+        self.backend = resolve_backend(backend, self.device)
+        self.memory_budget = parse_memory_budget(memory_budget)
+        if pairs < 1 or folds < 2:
+            raise CompatError(f"pairs/folds: need pairs >= 1 and folds >= 2, got {pairs} and {folds}")
+        self.pairs, self.folds, self.seed = pairs, folds, seed
+        self.threads = threads or _default_threads()
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self.metrics)
+
+    def evaluate(self, query: FeatureSet, gallery: FeatureSet) -> RetrievalResult:
+        """Evaluate one cell: ``query`` searches ``gallery`` (leave-one-out by id for ``loo``)."""
+        where = f"{query.source} on {gallery.source}"
+        if query.dim != gallery.dim:
+            raise CompatError(f"{where}: feature sizes differ ({query.dim} vs {gallery.dim}); use a dimension policy")
+        return self.evaluate_arrays(query.features, query.labels, query.ids,
+                                    gallery.features, gallery.labels, gallery.ids, where=where)
+
+    def evaluate_arrays(
+        self,
+        query: np.ndarray,
+        query_labels: np.ndarray,
+        query_ids: np.ndarray,
+        gallery: np.ndarray,
+        gallery_labels: np.ndarray,
+        gallery_ids: np.ndarray,
+        *,
+        where: str = "cell",
+    ) -> RetrievalResult:
+        """Evaluate arrays directly: (Nq, D) / (Nq,) / (Nq,) against (Ng, D) / (Ng,) / (Ng,)."""
+        if self.similarity is Similarity.COSINE:
+            _check_nonzero(query, f"{where} (queries)")
+            _check_nonzero(gallery, f"{where} (gallery)")
+        if self.protocol is Protocol.LOO:
+            return leave_one_out(query, query_labels, query_ids, gallery, gallery_labels, gallery_ids, self.metrics,
+                                 similarity=self.similarity, backend=self.backend.value, device=self.device,
+                                 memory_budget=self.memory_budget, threads=self.threads, where=where)
+        if self.protocol is Protocol.TEMPLATE:
+            return template_identification(query, query_labels, query_ids, gallery, gallery_labels, gallery_ids,
+                                           self.metrics, similarity=self.similarity,
+                                           memory_budget=self.memory_budget, where=where)
+        return pair_verification(query, query_labels, query_ids, gallery, gallery_labels, gallery_ids, self.metrics,
+                                 similarity=self.similarity, n_pairs=self.pairs, folds=self.folds, seed=self.seed,
+                                 where=where)
+
+
+def _default_threads() -> int:
+    try:
+        import torch
+
+        return max(1, torch.get_num_threads())
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return max(1, (os.cpu_count() or 1))
+
+
+def _check_nonzero(x: np.ndarray, where: str, rows: int = 1 << 16) -> None:
+    """Cosine similarity is undefined for an all-zero feature."""
+    for s in range(0, len(x), rows):
+        zero = ~np.any(x[s : s + rows] != 0, axis=1)
+        if zero.any():
+            raise CompatError(f"{where}: feature row {s + int(np.flatnonzero(zero)[0])} is all zeros; "
+                              "cosine similarity needs non-zero features")

@@ -1,0 +1,127 @@
+"""MLflow tracking of a compatibility evaluation.
+
+``mlflow`` is imported inside the functions that need it (it takes about a second).
+
+Names: MLflow 3.17 accepts only alphanumerics, ``_``, ``-``, ``.``, space, ``:`` and ``/`` in
+metric and param names, so ``cmc@1`` cannot be logged as is. :func:`metric_key` is the one place
+that maps a name: ``@`` becomes ``_at_`` (``cmc@1.v2_on_v1`` -> ``cmc_at_1.v2_on_v1``) and any other
+character outside ``[A-Za-z0-9_.- ]`` becomes ``_``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from compat.compatibility.matrix import CompatibilityReport
+
+__all__ = ["tracking_enabled", "log_evaluation", "metric_key", "DEFAULT_TRACKING_URI"]
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+# MLflow's limit on the length of a param value (mlflow.utils.validation.MAX_PARAM_VAL_LENGTH).
+PARAM_VALUE_MAX = 6000
+_NOT_ALLOWED = re.compile(r"[^\w.\- ]")
+
+
+def tracking_enabled(track: bool) -> bool:
+    """Track when asked to, or when ``MLFLOW_TRACKING_URI`` is set and non-empty."""
+    return bool(track) or bool(os.environ.get("MLFLOW_TRACKING_URI", "").strip())
+
+
+def metric_key(name: str) -> str:
+    """An MLflow-safe metric or param name: ``@`` -> ``_at_``, other disallowed characters -> ``_``."""
+    return _NOT_ALLOWED.sub("_", name.replace("@", "_at_"))
+
+
+def _flatten(prefix: str, values: Mapping[str, object], out: dict[str, str]) -> None:
+    for key, value in values.items():
+        name = f"{prefix}.{key}"
+        if isinstance(value, Mapping):
+            _flatten(name, value, out)
+        else:
+            out[metric_key(name)] = str(value)[:PARAM_VALUE_MAX]
+
+
+def _params(report: CompatibilityReport, inputs: Mapping[str, Mapping[str, object]]) -> dict[str, str]:
+    out = {"protocol": report.protocol, "versions": ",".join(report.versions)}
+    for version, meta in inputs.items():
+        _flatten(version, meta, out)
+    return out
+
+
+def _metrics(report: CompatibilityReport) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for m in report.metrics:
+        for i, qv in enumerate(report.versions):
+            for j, gv in enumerate(report.versions[: i + 1]):
+                value = report.matrices[m][i][j]
+                if value is not None:
+                    out[metric_key(f"{m}.{qv}_on_{gv}")] = float(value)
+        s = report.summary[m]
+        for field, value in (("ac", s.ac), ("am", s.am), ("bc", s.bc), ("fc", s.fc), ("update_gain", s.update_gain)):
+            if value is not None:
+                out[metric_key(f"{m}.{field}")] = float(value)
+    return out
+
+
+def _experiment_id(client, name: str | None) -> str:
+    name = name or os.environ.get("MLFLOW_EXPERIMENT_NAME")
+    if not name:
+        return os.environ.get("MLFLOW_EXPERIMENT_ID", "0")
+    experiment = client.get_experiment_by_name(name)
+    return experiment.experiment_id if experiment is not None else client.create_experiment(name)
+
+
+def log_evaluation(
+    report: CompatibilityReport,
+    *,
+    inputs: dict[str, dict[str, object]],
+    files: list[Path],
+    run_name: str | None = None,
+    experiment: str | None = None,
+) -> str:
+    """Log one chain evaluation as an MLflow run and return its run id.
+
+    Params: ``protocol``, ``versions`` and, per version, ``"<version>.<key>"`` from ``inputs``
+    (nested dicts flattened with dots; values stringified and truncated to MLflow's limit).
+    Metrics: every cell as ``"<metric>.<query>_on_<gallery>"`` and the summaries as
+    ``"<metric>.ac"``, ``.am``, ``.bc``, ``.fc``, ``.update_gain`` (``None`` skipped), all names
+    passed through :func:`metric_key`. Artifacts: ``files``.
+
+    When a run is active the evaluation is logged as a run nested under it (in its experiment,
+    ``experiment`` is then ignored). Otherwise a new run is created in ``experiment`` (default:
+    ``MLFLOW_EXPERIMENT_NAME`` / ``MLFLOW_EXPERIMENT_ID`` or MLflow's default experiment) on the
+    tracking URI in effect, or ``sqlite:///mlflow.db`` in the current directory when none is set.
+    The global MLflow state (tracking URI, active run) is left untouched.
+    """
+    import mlflow
+    from mlflow.entities import Metric, Param, RunStatus
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+    parent = mlflow.active_run()
+    uri = mlflow.get_tracking_uri() if parent is not None or mlflow.is_tracking_uri_set() else DEFAULT_TRACKING_URI
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    if parent is not None:
+        experiment_id, tags = parent.info.experiment_id, {MLFLOW_PARENT_RUN_ID: parent.info.run_id}
+    else:
+        experiment_id, tags = _experiment_id(client, experiment), {}
+    run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+    try:
+        now = int(time.time() * 1000)
+        client.log_batch(
+            run_id,
+            metrics=[Metric(k, v, now, 0) for k, v in _metrics(report).items()],
+            params=[Param(k, v) for k, v in _params(report, inputs).items()],
+        )
+        for path in files:
+            client.log_artifact(run_id, str(path))
+    except BaseException:
+        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+        raise
+    client.set_terminated(run_id)
+    return run_id
