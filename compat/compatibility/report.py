@@ -128,7 +128,7 @@ def plot_heatmaps(report: CompatibilityReport, path: Path) -> None:
     """Write one heatmap panel per metric to ``path`` (PNG).
 
     The lower triangle is coloured and annotated in percent; the upper triangle is blank.
-    Off-diagonal cells that fail the compatibility criterion get red bold text and a red border.
+    Off-diagonal cells that fail the compatibility criterion get a red frame and a bold ✗.
     The file is byte-for-byte deterministic (no software or time stamp in its metadata).
     """
     import numpy as np
@@ -158,11 +158,11 @@ def plot_heatmaps(report: CompatibilityReport, path: Path) -> None:
                     continue
                 failed = j < i and ecc[i][j] is False
                 lum = np.dot(image.to_rgba(values[i, j])[:3], (0.299, 0.587, 0.114))
-                color = "red" if failed else ("black" if lum > 0.5 else "white")
-                ax.text(j, i, f"{100 * values[i, j]:.2f}", ha="center", va="center", color=color,
+                text = f"{100 * values[i, j]:.2f}" + (f" {FAIL_MARK}" if failed else "")
+                ax.text(j, i, text, ha="center", va="center", color="black" if lum > 0.5 else "white",
                         fontsize=9, fontweight="bold" if failed else "normal")
                 if failed:
-                    ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.5))
+                    ax.add_patch(Rectangle((j - 0.45, i - 0.45), 0.9, 0.9, fill=False, edgecolor="red", linewidth=3))
         ax.set_title(metric)
         ax.set_xticks(range(t), report.versions, rotation=45 if t > 4 else 0)
         ax.set_yticks(range(t), report.versions)
@@ -170,8 +170,9 @@ def plot_heatmaps(report: CompatibilityReport, path: Path) -> None:
         ax.set_ylabel("query version")
         for spine in ax.spines.values():
             spine.set_visible(False)
-    fig.suptitle(f"compatibility ({report.protocol}), % — red: fails the compatibility criterion", fontsize=10)
-    fig.savefig(path, format="png", dpi=100, metadata={"Software": None})
+    fig.suptitle(f"compatibility ({report.protocol}), %; red frame {FAIL_MARK}: fails the compatibility criterion",
+                 fontsize=10)
+    fig.savefig(path, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
 
 
 def write_reports(report: CompatibilityReport, out_dir: Path, *, extra_json: dict | None = None) -> list[Path]:

@@ -1,0 +1,166 @@
+"""The ``compat`` command line: a thin layer over the library.
+
+Each command parses its options, calls the library, prints, and sets the exit code: 0 success,
+1 gate failed, 2 bad input or usage (one line on stderr naming the file, field and expectation).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from compat.errors import EXIT_BAD_INPUT, CompatError
+
+__all__ = ["cli", "main"]
+
+
+def _fail_cleanly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a :class:`CompatError` into one line on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except CompatError as exc:
+            click.echo(f"compat: error: {exc}", err=True)
+            sys.exit(EXIT_BAD_INPUT)
+
+    return wrapper
+
+
+class NamedPath(click.ParamType):
+    """``NAME=PATH``."""
+
+    name = "NAME=PATH"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, Path]:
+        if isinstance(value, tuple):
+            return value
+        name, sep, path = str(value).partition("=")
+        if not sep or not name or not path:
+            self.fail(f"{value!r} is not NAME=PATH (e.g. v1=features/v1.npz)", param, ctx)
+        return name, Path(path)
+
+
+def _unique_names(pairs: tuple[tuple[str, Path], ...], option: str) -> None:
+    seen: set[str] = set()
+    for name, _ in pairs:
+        if name in seen:
+            raise CompatError(f"{option}: version name {name!r} is given twice")
+        seen.add(name)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="compat")
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+def cli(verbose: int) -> None:
+    """compat: upgrade an embedding model without re-extracting the gallery."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+@cli.command("eval")
+@click.option("--version", "versions", type=NamedPath(), multiple=True, required=True,
+              help="A version's gallery features, oldest first: NAME=FEATURES (.npz or .npy directory).")
+@click.option("--query", "queries", type=NamedPath(), multiple=True,
+              help="Separate query features for a version: NAME=FEATURES. Default: the gallery itself.")
+@click.option("--protocol", type=click.Choice(["loo", "template", "pairs"]), default="loo", show_default=True,
+              help="Leave-one-out retrieval, per-class template identification, or pair verification.")
+@click.option("--metric", "metrics", multiple=True,
+              help="cmc@K, map, map@r (loo); cmc@K, map (template); acc (pairs). Default: cmc@1 cmc@5 map.")
+@click.option("--similarity", type=click.Choice(["cosine", "l2"]), default="cosine", show_default=True)
+@click.option("--dim-policy", type=click.Choice(["error", "truncate", "pad"]), default="error", show_default=True,
+              help="When two versions' feature sizes differ.")
+@click.option("--backend", type=click.Choice(["auto", "torch", "faiss"]), default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@click.option("--memory-budget", default="1GiB", show_default=True, help="Bound on score buffers, e.g. 512MiB.")
+@click.option("--independent", type=click.Path(path_type=Path), default=None,
+              help="Features of the newest model trained without compatibility: the update gain's upper bound.")
+@click.option("--pairs", "n_pairs", type=click.IntRange(min=1), default=3000, show_default=True,
+              help="Positive (and as many negative) pairs for --protocol pairs.")
+@click.option("--folds", type=click.IntRange(min=2), default=10, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the pair sampler.")
+@click.option("--ties-pass", is_flag=True, help="Count M(new, old) == M(old, old) as compatible (default: a tie fails).")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("compat-report"), show_default=True)
+@click.option("--track", is_flag=True, help="Log to MLflow (also on when MLFLOW_TRACKING_URI is set).")
+@click.option("--experiment", default=None, help="MLflow experiment name.")
+@_fail_cleanly
+def eval_command(
+    versions: tuple[tuple[str, Path], ...],
+    queries: tuple[tuple[str, Path], ...],
+    protocol: str,
+    metrics: tuple[str, ...],
+    similarity: str,
+    dim_policy: str,
+    backend: str,
+    device: str,
+    memory_budget: str,
+    independent: Path | None,
+    n_pairs: int,
+    folds: int,
+    seed: int,
+    ties_pass: bool,
+    out: Path,
+    track: bool,
+    experiment: str | None,
+) -> None:
+    """Evaluate a chain of versions: every version's queries against every older gallery.
+
+    Writes compat.json, compat.md and compat.png under --out.
+    """
+    from compat.compatibility.matrix import Version, evaluate_chain
+    from compat.compatibility.report import render_markdown, write_reports
+    from compat.features import load_features
+    from compat.retrieval.evaluator import RetrievalEvaluator
+
+    _unique_names(versions, "--version")
+    _unique_names(queries, "--query")
+    names = [n for n, _ in versions]
+    for name, _ in queries:
+        if name not in names:
+            raise CompatError(f"--query: {name!r} is not one of the versions ({', '.join(names)})")
+    evaluator = RetrievalEvaluator(
+        metrics or None, protocol=protocol, similarity=similarity, backend=backend, device=device,
+        memory_budget=memory_budget, pairs=n_pairs, folds=folds, seed=seed,
+    )
+    query_paths = dict(queries)
+    chain = [
+        Version(name, load_features(path), load_features(query_paths[name]) if name in query_paths else None)
+        for name, path in versions
+    ]
+    reference = load_features(independent) if independent is not None else None
+    report = evaluate_chain(chain, evaluator, dim_policy=dim_policy, strict=not ties_pass, independent=reference)
+    try:
+        files = write_reports(report, out)
+    except OSError as exc:
+        raise CompatError(f"--out {out}: cannot write the reports ({exc})") from None
+    click.echo(render_markdown(report))
+    click.echo(f"reports written to {out}/")
+
+    from compat.tracking import log_evaluation, tracking_enabled
+
+    if tracking_enabled(track):
+        inputs = {v.name: _describe(v.gallery) for v in chain}
+        for v in chain:
+            if v.query is not None:
+                inputs[f"{v.name}.query"] = _describe(v.query)
+        run_id = log_evaluation(report, inputs=inputs, files=files, experiment=experiment)
+        click.echo(f"MLflow run {run_id}")
+
+
+def _describe(fs: Any) -> dict[str, object]:
+    return {"path": fs.source, "n": fs.n, "dim": fs.dim, **fs.meta}
+
+
+def main() -> None:
+    cli(prog_name="compat")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
