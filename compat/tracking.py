@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from compat.compatibility.matrix import CompatibilityReport
 
-__all__ = ["tracking_enabled", "log_evaluation", "metric_key", "DEFAULT_TRACKING_URI"]
+__all__ = ["DEFAULT_TRACKING_URI", "log_evaluation", "metric_key", "tracking_enabled"]
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 # MLflow's limit on the length of a param value (mlflow.utils.validation.MAX_PARAM_VAL_LENGTH).

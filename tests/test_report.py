@@ -21,8 +21,11 @@ CMC1 = [[0.50, None, None], [0.55, 0.70, None], [0.45, 0.72, 0.80]]
 MAP = [[0.30, None, None], [0.30, 0.40, None], [0.35, 0.45, 0.40]]
 
 
-def make_report(matrices: dict[str, list[list[float | None]]], versions: tuple[str, ...],
-                counts: list[list[CellCount | None]] | None = None) -> CompatibilityReport:
+def make_report(
+    matrices: dict[str, list[list[float | None]]],
+    versions: tuple[str, ...],
+    counts: list[list[CellCount | None]] | None = None,
+) -> CompatibilityReport:
     t = len(versions)
     if counts is None:
         counts = [[CellCount(100, 0) if j <= i else None for j in range(t)] for i in range(t)]
@@ -70,12 +73,22 @@ def test_compat_json_matches_design_schema_for_three_versions(tmp_path: Path) ->
         "protocol": "loo",
         "metrics": {"cmc@1": CMC1, "map": MAP},
         "summary": {
-            "cmc@1": {"ac": 2 / 3, "am": 0.62, "bc": -0.015, "fc": -0.115,
-                      "ecc": [[None, None, None], [True, None, None], [False, True, None]],
-                      "update_gain": 0.2},
-            "map": {"ac": 2 / 3, "am": 2.2 / 6, "bc": 0.05, "fc": -0.025,
-                    "ecc": [[None, None, None], [False, None, None], [True, True, None]],
-                    "update_gain": None},
+            "cmc@1": {
+                "ac": 2 / 3,
+                "am": 0.62,
+                "bc": -0.015,
+                "fc": -0.115,
+                "ecc": [[None, None, None], [True, None, None], [False, True, None]],
+                "update_gain": 0.2,
+            },
+            "map": {
+                "ac": 2 / 3,
+                "am": 2.2 / 6,
+                "bc": 0.05,
+                "fc": -0.025,
+                "ecc": [[None, None, None], [False, None, None], [True, True, None]],
+                "update_gain": None,
+            },
         },
     }
     assert_same(doc, expected)
@@ -173,4 +186,3 @@ def test_failed_move_rolls_back_moved_files(tmp_path: Path, monkeypatch: pytest.
     with pytest.raises(OSError, match="disk full"):
         write_reports(chain1(), tmp_path)
     assert list(tmp_path.iterdir()) == []
-

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from compat.compatibility.matrix import CompatibilityReport
 
-__all__ = ["render_markdown", "plot_heatmaps", "write_reports", "JSON_NAME", "MARKDOWN_NAME", "HEATMAP_NAME"]
+__all__ = ["HEATMAP_NAME", "JSON_NAME", "MARKDOWN_NAME", "plot_heatmaps", "render_markdown", "write_reports"]
 
 JSON_NAME = "compat.json"
 MARKDOWN_NAME = "compat.md"
@@ -113,9 +113,11 @@ def render_markdown(report: CompatibilityReport) -> str:
         "",
         f"Versions (oldest first): {', '.join(_md(v) for v in report.versions)} · protocol: {report.protocol}",
         "",
-        f"Cells: queries of the row version against the gallery of the column version, in percent; "
-        f"{PASS_MARK} / {FAIL_MARK}: passes / fails the empirical compatibility criterion "
-        "(beats the gallery version against itself).",
+        (
+            "Cells: queries of the row version against the gallery of the column version, in percent; "
+            f"{PASS_MARK} / {FAIL_MARK}: passes / fails the empirical compatibility criterion "
+            "(beats the gallery version against itself)."
+        ),
         "",
     ]
     for metric in report.metrics:
@@ -159,8 +161,16 @@ def plot_heatmaps(report: CompatibilityReport, path: Path) -> None:
                 failed = j < i and ecc[i][j] is False
                 lum = np.dot(image.to_rgba(values[i, j])[:3], (0.299, 0.587, 0.114))
                 text = f"{100 * values[i, j]:.2f}" + (f" {FAIL_MARK}" if failed else "")
-                ax.text(j, i, text, ha="center", va="center", color="black" if lum > 0.5 else "white",
-                        fontsize=9, fontweight="bold" if failed else "normal")
+                ax.text(
+                    j,
+                    i,
+                    text,
+                    ha="center",
+                    va="center",
+                    color="black" if lum > 0.5 else "white",
+                    fontsize=9,
+                    fontweight="bold" if failed else "normal",
+                )
                 if failed:
                     ax.add_patch(Rectangle((j - 0.45, i - 0.45), 0.9, 0.9, fill=False, edgecolor="red", linewidth=3))
         ax.set_title(metric)
@@ -170,8 +180,9 @@ def plot_heatmaps(report: CompatibilityReport, path: Path) -> None:
         ax.set_ylabel("query version")
         for spine in ax.spines.values():
             spine.set_visible(False)
-    fig.suptitle(f"compatibility ({report.protocol}), %; red frame {FAIL_MARK}: fails the compatibility criterion",
-                 fontsize=10)
+    fig.suptitle(
+        f"compatibility ({report.protocol}), %; red frame {FAIL_MARK}: fails the compatibility criterion", fontsize=10
+    )
     fig.savefig(path, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
 
 

@@ -335,9 +335,9 @@ def _canonical_topk(
     last_backend = np.where(valid, cand_s, np.inf).min(1)
     kth = np.nan_to_num(top_s[:, k - 1], nan=-np.inf)
     redo = ~complete & ((valid.sum(1) < kk) | ~(kth > last_backend + bound))
-    for row in np.flatnonzero(redo):
-        top_s[row], top_i[row] = _exact_row(q_raw[row], gallery, prepared.rows, k, exclude[row], similarity)
-    if redo.any():
+    rows = np.flatnonzero(redo)
+    if len(rows):
+        top_s[rows], top_i[rows] = _exact_rows(q_raw[rows], gallery, k, exclude[rows], similarity)
         logger.debug("knn: %d of %d queries re-searched exactly (near-tie at the cut)", int(redo.sum()), nq)
     return top_s, top_i
 
@@ -350,21 +350,29 @@ def _error_bound(q_raw: np.ndarray, max_norm: float, dim: int, similarity: Simil
     return 4.0 * (dim + 2) * _UNIT_ROUNDOFF32 * (qn + max_norm) ** 2
 
 
-def _exact_row(
-    q: np.ndarray, gallery: np.ndarray, rows: int, k: int, exclude: int, similarity: Similarity
+def _exact_rows(
+    q: np.ndarray, gallery: np.ndarray, k: int, exclude: np.ndarray, similarity: Similarity
 ) -> tuple[np.ndarray, np.ndarray]:
-    scores = np.concatenate(
-        [_scores_f64(q, np.asarray(gallery[s : s + rows]), similarity) for s in range(0, len(gallery), rows)]
-    )
-    if exclude >= 0:
-        scores[exclude] = -np.inf
-    order = np.lexsort((np.arange(len(scores)), -scores))[:k]
-    s = scores[order]
-    i = np.where(np.isfinite(s), order, -1)
-    out_s = np.full(k, np.nan)
-    out_i = np.full(k, -1, dtype=np.int64)
-    out_s[: len(s)] = np.where(np.isfinite(s), s, np.nan)
-    out_i[: len(i)] = i
+    """Brute-force float64 top-k for a few queries (the near-tie fallback), in bounded blocks."""
+    ng = gallery.shape[0]
+    out_s = np.full((len(q), k), np.nan)
+    out_i = np.full((len(q), k), -1, dtype=np.int64)
+    step = max(1, (64 << 20) // (8 * ng))
+    for s in range(0, len(q), step):
+        qs = q[s : s + step].astype(np.float64)
+        g_rows = max(1, (64 << 20) // (8 * gallery.shape[1] * len(qs)))
+        scores = np.concatenate(
+            [_scores_f64(qs, np.asarray(gallery[b : b + g_rows])[None], similarity) for b in range(0, ng, g_rows)],
+            axis=1,
+        )
+        ex = exclude[s : s + step]
+        has_ex = np.flatnonzero(ex >= 0)
+        scores[has_ex, ex[has_ex]] = -np.inf
+        order = np.lexsort((np.broadcast_to(np.arange(ng), scores.shape), -scores), axis=1)[:, :k]
+        best = np.take_along_axis(scores, order, 1)
+        found = np.isfinite(best)
+        out_s[s : s + step, : order.shape[1]] = np.where(found, best, np.nan)
+        out_i[s : s + step, : order.shape[1]] = np.where(found, order, -1)
     return out_s, out_i
 
 

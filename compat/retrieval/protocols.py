@@ -43,7 +43,7 @@ def match_ids(query_ids: np.ndarray, gallery_ids: np.ndarray, *, required: bool,
     idx = order[pos]
     found = gallery_ids[idx] == query_ids
     if required and not found.all():
-        missing = query_ids[np.flatnonzero(~found)[0]]
+        missing = query_ids[np.flatnonzero(~found)[0]].item()
         raise CompatError(f"{where}: query id {missing!r} is absent from the gallery; leave-one-out needs every "
                           "query to be a gallery item (same ids in every version)")
     return np.where(found, idx, -1).astype(np.int64)
