@@ -66,27 +66,64 @@ def cli(verbose: int) -> None:
 
 
 @cli.command("eval")
-@click.option("--version", "versions", type=NamedPath(), multiple=True, required=True,
-              help="A version's gallery features, oldest first: NAME=FEATURES (.npz or .npy directory).")
-@click.option("--query", "queries", type=NamedPath(), multiple=True,
-              help="Separate query features for a version: NAME=FEATURES. Default: the gallery itself.")
-@click.option("--protocol", type=click.Choice(["loo", "template", "pairs"]), default="loo", show_default=True,
-              help="Leave-one-out retrieval, per-class template identification, or pair verification.")
-@click.option("--metric", "metrics", multiple=True,
-              help="cmc@K, map, map@r (loo); cmc@K, map (template); acc (pairs). Default: cmc@1 cmc@5 map.")
+@click.option(
+    "--version",
+    "versions",
+    type=NamedPath(),
+    multiple=True,
+    required=True,
+    help="A version's gallery features, oldest first: NAME=FEATURES (.npz or .npy directory).",
+)
+@click.option(
+    "--query",
+    "queries",
+    type=NamedPath(),
+    multiple=True,
+    help="Separate query features for a version: NAME=FEATURES. Default: the gallery itself.",
+)
+@click.option(
+    "--protocol",
+    type=click.Choice(["loo", "template", "pairs"]),
+    default="loo",
+    show_default=True,
+    help="Leave-one-out retrieval, per-class template identification, or pair verification.",
+)
+@click.option(
+    "--metric",
+    "metrics",
+    multiple=True,
+    help="cmc@K, map, map@r (loo); cmc@K, map (template); acc (pairs). Default: cmc@1 cmc@5 map.",
+)
 @click.option("--similarity", type=click.Choice(["cosine", "l2"]), default="cosine", show_default=True)
-@click.option("--dim-policy", type=click.Choice(["error", "truncate", "pad"]), default="error", show_default=True,
-              help="When two versions' feature sizes differ.")
+@click.option(
+    "--dim-policy",
+    type=click.Choice(["error", "truncate", "pad"]),
+    default="error",
+    show_default=True,
+    help="When two versions' feature sizes differ.",
+)
 @click.option("--backend", type=click.Choice(["auto", "torch", "faiss"]), default="auto", show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @click.option("--memory-budget", default="1GiB", show_default=True, help="Bound on score buffers, e.g. 512MiB.")
-@click.option("--independent", type=click.Path(path_type=Path), default=None,
-              help="Features of the newest model trained without compatibility: the update gain's upper bound.")
-@click.option("--pairs", "n_pairs", type=click.IntRange(min=1), default=3000, show_default=True,
-              help="Positive (and as many negative) pairs for --protocol pairs.")
+@click.option(
+    "--independent",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Features of the newest model trained without compatibility: the update gain's upper bound.",
+)
+@click.option(
+    "--pairs",
+    "n_pairs",
+    type=click.IntRange(min=1),
+    default=3000,
+    show_default=True,
+    help="Positive (and as many negative) pairs for --protocol pairs.",
+)
 @click.option("--folds", type=click.IntRange(min=2), default=10, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the pair sampler.")
-@click.option("--ties-pass", is_flag=True, help="Count M(new, old) == M(old, old) as compatible (default: a tie fails).")
+@click.option(
+    "--ties-pass", is_flag=True, help="Count M(new, old) == M(old, old) as compatible (default: a tie fails)."
+)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("compat-report"), show_default=True)
 @click.option("--track", is_flag=True, help="Log to MLflow (also on when MLFLOW_TRACKING_URI is set).")
 @click.option("--experiment", default=None, help="MLflow experiment name.")
@@ -126,8 +163,15 @@ def eval_command(
         if name not in names:
             raise CompatError(f"--query: {name!r} is not one of the versions ({', '.join(names)})")
     evaluator = RetrievalEvaluator(
-        metrics or None, protocol=protocol, similarity=similarity, backend=backend, device=device,
-        memory_budget=memory_budget, pairs=n_pairs, folds=folds, seed=seed,
+        metrics or None,
+        protocol=protocol,
+        similarity=similarity,
+        backend=backend,
+        device=device,
+        memory_budget=memory_budget,
+        pairs=n_pairs,
+        folds=folds,
+        seed=seed,
     )
     query_paths = dict(queries)
     chain = [

@@ -6,7 +6,7 @@ option); the CLI turns it into a one-line message on stderr and exit code 2. Any
 
 from __future__ import annotations
 
-__all__ = ["CompatError", "EXIT_OK", "EXIT_GATE_FAILED", "EXIT_BAD_INPUT"]
+__all__ = ["EXIT_BAD_INPUT", "EXIT_GATE_FAILED", "EXIT_OK", "CompatError"]
 
 EXIT_OK = 0
 EXIT_GATE_FAILED = 1

@@ -124,7 +124,9 @@ def _validate(fs: FeatureSet) -> None:
         finite = np.isfinite(block).all(axis=1)
         if not finite.all():
             row = start + int(np.flatnonzero(~finite)[0])
-            raise CompatError(f"{src}: field 'features' has a NaN or infinite value in row {row}; expected finite values")
+            raise CompatError(
+                f"{src}: field 'features' has a NaN or infinite value in row {row}; expected finite values"
+            )
     if not isinstance(fs.meta, dict):
         raise CompatError(f"{src}: field 'meta' must be a JSON object, got {type(fs.meta).__name__}")
     try:

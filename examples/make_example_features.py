@@ -30,7 +30,9 @@ def main(out: Path, *, n: int = 2000, classes: int = 20, dim: int = 64, seed: in
         "v1": centres[labels] + 2.2 * item_offsets + 1.6 * rng.standard_normal((n, dim)) / np.sqrt(dim),
         "v2": centres[labels] + 2.0 * item_offsets + 0.8 * rng.standard_normal((n, dim)) / np.sqrt(dim),
     }
-    versions["v3"] = (centres[labels] + 2.0 * item_offsets + 0.8 * rng.standard_normal((n, dim)) / np.sqrt(dim)) @ rotation
+    versions["v3"] = (
+        centres[labels] + 2.0 * item_offsets + 0.8 * rng.standard_normal((n, dim)) / np.sqrt(dim)
+    ) @ rotation
     ids = np.arange(n, dtype=np.int64)
     for name, feats in versions.items():
         meta = {"model": f"toy-{name}", "version": name, "dataset": "synthetic", "split": "test", "normalized": False}

@@ -262,9 +262,19 @@ def test_l2_similarity(data, tmp_path) -> None:
     assert doc["metrics"]["map"][0][0] != cosine["map"]  # the option reached the evaluator
 
 
-@pytest.mark.parametrize("similarity", ["cosine", "l2"])
-def test_backends_and_memory_budget_give_identical_reports(data, tmp_path, similarity) -> None:
+@pytest.mark.parametrize(
+    ("similarity", "metrics"),
+    [
+        ("cosine", ()),  # map needs the full ranking: streamed score rows, top-k re-scored
+        ("cosine", ("cmc@1", "cmc@5")),  # CMC only: the backend's top-k search (torch or faiss)
+        ("l2", ("cmc@1", "cmc@5")),
+        ("l2", ("map",)),
+    ],
+)
+def test_backends_and_memory_budget_give_identical_reports(data, tmp_path, similarity, metrics) -> None:
     args = [*versions(data, "v1", "v2", "v3"), "--similarity", similarity]
+    for m in metrics:
+        args += ["--metric", m]
     texts = {}
     for backend in ("torch", "faiss"):
         for budget in ("1GiB", "1MiB"):  # 1MiB: the 400 queries go in several chunks
@@ -319,6 +329,30 @@ def test_directory_inputs_match_npz(data, tmp_path) -> None:
     both = run_ok(tmp_path / "dir", *versions(data, "v1_dir", "v2_dir", as_names=("v1", "v2")))
     mixed = run_ok(tmp_path / "mixed", *versions(data, "v1_dir", "v2", as_names=("v1", "v2")))
     assert both == npz and mixed == npz
+
+
+def test_string_ids_match_integer_ids(data, tmp_path) -> None:
+    paths = []
+    for name in ("v1", "v2"):
+        fs = load_features(data[name])
+        ids = np.array([f"item-{i}" for i in fs.ids])  # unicode ids of several lengths
+        paths.append(save_features(FeatureSet.from_arrays(fs.features, fs.labels, ids, meta=fs.meta),
+                                   tmp_path / f"{name}-str.npz"))
+    ints = run_ok(tmp_path / "int", *versions(data, "v1", "v2"))
+    strs = run_ok(tmp_path / "str", "--version", f"v1={paths[0]}", "--version", f"v2={paths[1]}")
+    assert strs == ints
+
+
+def test_ties_fail_unless_ties_pass(data, tmp_path) -> None:
+    same = versions(data, "v1", "v1_dir", as_names=("v1", "v1b"))  # the same features twice: every cell ties
+    strict = run_ok(tmp_path / "strict", *same)
+    loose = run_ok(tmp_path / "loose", *same, "--ties-pass")
+    assert strict["metrics"] == loose["metrics"]
+    for m in DEFAULT_METRICS:
+        matrix = strict["metrics"][m]
+        assert matrix[1][0] == matrix[0][0] == matrix[1][1]
+        assert strict["summary"][m]["ecc"][1][0] is False and strict["summary"][m]["ac"] == 0.0
+        assert loose["summary"][m]["ecc"][1][0] is True and loose["summary"][m]["ac"] == 1.0
 
 
 # --------------------------------------------------------------------------------------------------

@@ -23,9 +23,7 @@ N = None
 
 
 def test_summary_of_a_three_version_chain_by_hand():
-    m = [[0.50, N, N],
-         [0.60, 0.70, N],
-         [0.40, 0.75, 0.80]]
+    m = [[0.50, N, N], [0.60, 0.70, N], [0.40, 0.75, 0.80]]
     s = summarize(m)
     # Pairs: (1,0) 0.60 > 0.50 yes; (2,0) 0.40 > 0.50 no; (2,1) 0.75 > 0.70 yes.
     assert s.ecc == [[N, N, N], [True, N, N], [False, True, N]]
@@ -82,8 +80,12 @@ def _versions(seed: int = 0, n: int = 300, d: int = 16, classes: int = 10):
     new = centres[labels] + 1.2 * offsets + 0.2 * rng.standard_normal((n, d))
     rotation, _ = np.linalg.qr(rng.standard_normal((d, d)))
     ids = np.arange(n) + 1000
-    return (FeatureSet.from_arrays(old, labels, ids), FeatureSet.from_arrays(new, labels, ids),
-            FeatureSet.from_arrays(new @ rotation, labels, ids), rotation)
+    return (
+        FeatureSet.from_arrays(old, labels, ids),
+        FeatureSet.from_arrays(new, labels, ids),
+        FeatureSet.from_arrays(new @ rotation, labels, ids),
+        rotation,
+    )
 
 
 def test_chain_cells_equal_single_evaluations():

@@ -42,9 +42,12 @@ def test_torch_cuda_knn_equals_cpu(similarity):
 def test_cuda_evaluator_equals_cpu(similarity):
     g, labels, ids = _data()
     metrics = ("cmc@1", "cmc@5", "map", "map@r")
-    cpu = RetrievalEvaluator(metrics, similarity=similarity, device="cpu").evaluate_arrays(g, labels, ids, g, labels, ids)
+    cpu = RetrievalEvaluator(metrics, similarity=similarity, device="cpu").evaluate_arrays(
+        g, labels, ids, g, labels, ids
+    )
     gpu = RetrievalEvaluator(metrics, similarity=similarity, device="cuda", memory_budget="64MiB").evaluate_arrays(
-        g, labels, ids, g, labels, ids)
+        g, labels, ids, g, labels, ids
+    )
     for m in ("cmc@1", "cmc@5"):
         assert gpu[m] == cpu[m]
     for m in ("map", "map@r"):  # float32 GPU matmul may flip near-ties differently from the CPU's

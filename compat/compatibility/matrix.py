@@ -21,8 +21,15 @@ from compat.features import FeatureSet
 from compat.retrieval.evaluator import RetrievalEvaluator
 from compat.retrieval.metrics import RetrievalResult
 
-__all__ = ["DimPolicy", "Version", "Cell", "CellTransform", "CompatibilityReport", "evaluate_chain",
-           "apply_dim_policy"]
+__all__ = [
+    "Cell",
+    "CellTransform",
+    "CompatibilityReport",
+    "DimPolicy",
+    "Version",
+    "apply_dim_policy",
+    "evaluate_chain",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +193,12 @@ def evaluate_chain(
             q, g = transform(cell, qv.queries.features, gv.gallery.features)
             q, g = apply_dim_policy(q, g, policy, where=f"cell {qv.name} on {gv.name}")
             result = evaluator.evaluate_arrays(
-                q, qv.queries.labels, qv.queries.ids, g, gv.gallery.labels, gv.gallery.ids,
+                q,
+                qv.queries.labels,
+                qv.queries.ids,
+                g,
+                gv.gallery.labels,
+                gv.gallery.ids,
                 where=f"cell {qv.name} on {gv.name}",
             )
             for m in metric_names:

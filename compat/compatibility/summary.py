@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["MetricSummary", "summarize", "ecc_matrix", "update_gain"]
+__all__ = ["MetricSummary", "ecc_matrix", "summarize", "update_gain"]
 
 Matrix = Sequence[Sequence[float | None]]
 
@@ -29,8 +29,14 @@ class MetricSummary:
     update_gain: float | None
 
     def to_json(self) -> dict:
-        return {"ac": self.ac, "am": self.am, "bc": self.bc, "fc": self.fc, "ecc": self.ecc,
-                "update_gain": self.update_gain}
+        return {
+            "ac": self.ac,
+            "am": self.am,
+            "bc": self.bc,
+            "fc": self.fc,
+            "ecc": self.ecc,
+            "update_gain": self.update_gain,
+        }
 
 
 def ecc_matrix(m: Matrix, *, strict: bool = True) -> list[list[bool | None]]:

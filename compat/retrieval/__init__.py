@@ -6,8 +6,8 @@ from compat.retrieval.metrics import Metric, RetrievalResult, parse_metric
 from compat.retrieval.protocols import leave_one_out, pair_verification, template_identification
 
 __all__ = [
-    "Backend",
     "DEFAULT_METRICS",
+    "Backend",
     "Metric",
     "Protocol",
     "RetrievalEvaluator",

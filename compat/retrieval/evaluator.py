@@ -20,7 +20,7 @@ from compat.retrieval.knn import (
 from compat.retrieval.metrics import Metric, MetricKind, RetrievalResult, parse_metrics
 from compat.retrieval.protocols import leave_one_out, pair_verification, template_identification
 
-__all__ = ["Protocol", "RetrievalEvaluator", "DEFAULT_METRICS"]
+__all__ = ["DEFAULT_METRICS", "Protocol", "RetrievalEvaluator"]
 
 DEFAULT_METRICS = ("cmc@1", "cmc@5", "map")
 
@@ -88,9 +88,12 @@ class RetrievalEvaluator:
         self.metrics: tuple[Metric, ...] = parse_metrics(tuple(metrics))
         for m in self.metrics:
             if m.kind not in _ALLOWED[self.protocol]:
-                allowed = ", ".join(sorted(k.value + ("@K" if k is MetricKind.CMC else "") for k in _ALLOWED[self.protocol]))
-                raise CompatError(f"metric: {m.name!r} is not defined for protocol {self.protocol.value!r}; "
-                                  f"expected {allowed}")
+                allowed = ", ".join(
+                    sorted(k.value + ("@K" if k is MetricKind.CMC else "") for k in _ALLOWED[self.protocol])
+                )
+                raise CompatError(
+                    f"metric: {m.name!r} is not defined for protocol {self.protocol.value!r}; expected {allowed}"
+                )
         self.similarity: Similarity = _choice(Similarity, similarity, "similarity")
         self.device = resolve_device(device)
         self.backend = resolve_backend(backend, self.device)
@@ -109,8 +112,9 @@ class RetrievalEvaluator:
         where = f"{query.source} on {gallery.source}"
         if query.dim != gallery.dim:
             raise CompatError(f"{where}: feature sizes differ ({query.dim} vs {gallery.dim}); use a dimension policy")
-        return self.evaluate_arrays(query.features, query.labels, query.ids,
-                                    gallery.features, gallery.labels, gallery.ids, where=where)
+        return self.evaluate_arrays(
+            query.features, query.labels, query.ids, gallery.features, gallery.labels, gallery.ids, where=where
+        )
 
     def evaluate_arrays(
         self,
@@ -128,16 +132,48 @@ class RetrievalEvaluator:
             _check_nonzero(query, f"{where} (queries)")
             _check_nonzero(gallery, f"{where} (gallery)")
         if self.protocol is Protocol.LOO:
-            return leave_one_out(query, query_labels, query_ids, gallery, gallery_labels, gallery_ids, self.metrics,
-                                 similarity=self.similarity, backend=self.backend.value, device=self.device,
-                                 memory_budget=self.memory_budget, threads=self.threads, where=where)
+            return leave_one_out(
+                query,
+                query_labels,
+                query_ids,
+                gallery,
+                gallery_labels,
+                gallery_ids,
+                self.metrics,
+                similarity=self.similarity,
+                backend=self.backend.value,
+                device=self.device,
+                memory_budget=self.memory_budget,
+                threads=self.threads,
+                where=where,
+            )
         if self.protocol is Protocol.TEMPLATE:
-            return template_identification(query, query_labels, query_ids, gallery, gallery_labels, gallery_ids,
-                                           self.metrics, similarity=self.similarity,
-                                           memory_budget=self.memory_budget, where=where)
-        return pair_verification(query, query_labels, query_ids, gallery, gallery_labels, gallery_ids, self.metrics,
-                                 similarity=self.similarity, n_pairs=self.pairs, folds=self.folds, seed=self.seed,
-                                 where=where)
+            return template_identification(
+                query,
+                query_labels,
+                query_ids,
+                gallery,
+                gallery_labels,
+                gallery_ids,
+                self.metrics,
+                similarity=self.similarity,
+                memory_budget=self.memory_budget,
+                where=where,
+            )
+        return pair_verification(
+            query,
+            query_labels,
+            query_ids,
+            gallery,
+            gallery_labels,
+            gallery_ids,
+            self.metrics,
+            similarity=self.similarity,
+            n_pairs=self.pairs,
+            folds=self.folds,
+            seed=self.seed,
+            where=where,
+        )
 
 
 def _default_threads() -> int:
@@ -154,5 +190,7 @@ def _check_nonzero(x: np.ndarray, where: str, rows: int = 1 << 16) -> None:
     for s in range(0, len(x), rows):
         zero = ~np.any(x[s : s + rows] != 0, axis=1)
         if zero.any():
-            raise CompatError(f"{where}: feature row {s + int(np.flatnonzero(zero)[0])} is all zeros; "
-                              "cosine similarity needs non-zero features")
+            raise CompatError(
+                f"{where}: feature row {s + int(np.flatnonzero(zero)[0])} is all zeros; "
+                "cosine similarity needs non-zero features"
+            )

@@ -279,11 +279,11 @@ def _faiss_candidates(
     metric = faiss.METRIC_INNER_PRODUCT if similarity is Similarity.COSINE else faiss.METRIC_L2
     best_s = np.full((len(q), 0), -np.inf)
     best_i = np.zeros((len(q), 0), dtype=np.int64)
+    gpu = _faiss_gpu_resources(device)
     for start, block in prepared:
         take = min(kk + 1, len(block))
-        if device.startswith("cuda"):
-            res = faiss.StandardGpuResources()
-            d, i = faiss.knn_gpu(res, q, block, take, metric=metric)
+        if gpu is not None:
+            d, i = faiss.knn_gpu(gpu, q, block, take, metric=metric, device=_cuda_index(device))
         else:
             d, i = faiss.knn(q, block, take, metric=metric)
         s = d.astype(np.float64) if similarity is Similarity.COSINE else -d.astype(np.float64)
@@ -296,6 +296,24 @@ def _faiss_candidates(
         best_s = np.take_along_axis(merged_s, order, 1)
         best_i = np.take_along_axis(merged_i, order, 1)
     return best_s, best_i
+
+
+_GPU_RESOURCES: dict[str, object] = {}
+
+
+def _faiss_gpu_resources(device: str):
+    """One faiss-gpu resource object per device, made on first use; None on CPU."""
+    if not device.startswith("cuda"):
+        return None
+    import faiss
+
+    if device not in _GPU_RESOURCES:
+        _GPU_RESOURCES[device] = faiss.StandardGpuResources()
+    return _GPU_RESOURCES[device]
+
+
+def _cuda_index(device: str) -> int:
+    return int(device.split(":", 1)[1]) if ":" in device else 0
 
 
 def _canonical_topk(
@@ -406,8 +424,9 @@ def scored_chunks(
     item = 4 if dtype is torch.float32 else 8
     # Per score: the row, the sorted copy of the candidates, torch sort's indices on CUDA.
     query_rows = max(1, min(nq, memory_budget // ((2 * item + 8) * ng)))
-    prepared = _PreparedGallery(gallery, _plan(nq, ng, gallery.shape[1], kk, memory_budget).gallery_rows,
-                                similarity, memory_budget)
+    prepared = _PreparedGallery(
+        gallery, _plan(nq, ng, gallery.shape[1], kk, memory_budget).gallery_rows, similarity, memory_budget
+    )
 
     def to_device(x: np.ndarray):
         return torch.from_numpy(x).to(device=device, dtype=dtype)
@@ -421,6 +440,7 @@ def scored_chunks(
         scores = torch.cat([score_block_torch(qt, g, similarity) for _, g in blocks], dim=1)
         _mask_excluded(scores, torch.from_numpy(ex).to(device), 0)
         cand_s, cand_i = torch.topk(scores, kk, dim=1)
-        top_s, top_i = _canonical_topk(q_raw, gallery, prepared, cand_s.double().cpu().numpy(),
-                                       cand_i.cpu().numpy(), k, ex, similarity)
+        top_s, top_i = _canonical_topk(
+            q_raw, gallery, prepared, cand_s.double().cpu().numpy(), cand_i.cpu().numpy(), k, ex, similarity
+        )
         yield start, scores, top_s, top_i

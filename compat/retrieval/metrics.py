@@ -21,8 +21,15 @@ import numpy as np
 
 from compat.errors import CompatError
 
-__all__ = ["MetricKind", "Metric", "parse_metric", "parse_metrics", "RetrievalResult",
-           "average_precision", "average_precision_at_r"]
+__all__ = [
+    "Metric",
+    "MetricKind",
+    "RetrievalResult",
+    "average_precision",
+    "average_precision_at_r",
+    "parse_metric",
+    "parse_metrics",
+]
 
 
 class MetricKind(str, Enum):

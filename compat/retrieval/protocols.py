@@ -24,8 +24,14 @@ from compat.retrieval.metrics import (
 )
 from compat.retrieval.ranking import positive_ranks_numpy, positive_ranks_torch
 
-__all__ = ["match_ids", "leave_one_out", "template_identification", "pair_verification", "sample_pairs",
-           "kfold_threshold_accuracy"]
+__all__ = [
+    "kfold_threshold_accuracy",
+    "leave_one_out",
+    "match_ids",
+    "pair_verification",
+    "sample_pairs",
+    "template_identification",
+]
 
 
 def match_ids(query_ids: np.ndarray, gallery_ids: np.ndarray, *, required: bool, where: str) -> np.ndarray:
@@ -35,8 +41,10 @@ def match_ids(query_ids: np.ndarray, gallery_ids: np.ndarray, *, required: bool,
         CompatError: ``required`` and some query id is not in the gallery (leave-one-out).
     """
     if query_ids.dtype.kind != gallery_ids.dtype.kind:
-        raise CompatError(f"{where}: query ids are {query_ids.dtype} but gallery ids are {gallery_ids.dtype}; "
-                          "ids must be of one kind (integers or strings) to match items across versions")
+        raise CompatError(
+            f"{where}: query ids are {query_ids.dtype} but gallery ids are {gallery_ids.dtype}; "
+            "ids must be of one kind (integers or strings) to match items across versions"
+        )
     order = np.argsort(gallery_ids, kind="stable")
     pos = np.searchsorted(gallery_ids, query_ids, sorter=order)
     pos = np.minimum(pos, len(order) - 1)
@@ -44,8 +52,10 @@ def match_ids(query_ids: np.ndarray, gallery_ids: np.ndarray, *, required: bool,
     found = gallery_ids[idx] == query_ids
     if required and not found.all():
         missing = query_ids[np.flatnonzero(~found)[0]].item()
-        raise CompatError(f"{where}: query id {missing!r} is absent from the gallery; leave-one-out needs every "
-                          "query to be a gallery item (same ids in every version)")
+        raise CompatError(
+            f"{where}: query id {missing!r} is absent from the gallery; leave-one-out needs every "
+            "query to be a gallery item (same ids in every version)"
+        )
     return np.where(found, idx, -1).astype(np.int64)
 
 
@@ -104,12 +114,21 @@ def leave_one_out(
     full = any(m.needs_full_ranking for m in metrics)
     per_query: dict[str, np.ndarray] = {m.name: np.zeros(len(query)) for m in metrics}
     if not full:
-        _, idx = knn(query, gallery, kmax, similarity=similarity, backend=backend, device=device,
-                     exclude=exclude, memory_budget=memory_budget)
+        _, idx = knn(
+            query,
+            gallery,
+            kmax,
+            similarity=similarity,
+            backend=backend,
+            device=device,
+            exclude=exclude,
+            memory_budget=memory_budget,
+        )
         per_query.update(_cmc_hits(_first_positive(idx, gallery_labels, query_labels), metrics))
         return _result(per_query, has_pos, metrics)
-    for start, scores, _, top_i in scored_chunks(query, gallery, kmax, similarity=similarity, device=device,
-                                                 exclude=exclude, memory_budget=memory_budget):
+    for start, scores, _, top_i in scored_chunks(
+        query, gallery, kmax, similarity=similarity, device=device, exclude=exclude, memory_budget=memory_budget
+    ):
         rows = np.arange(start, start + scores.shape[0])
         for name, hits in _cmc_hits(_first_positive(top_i, gallery_labels, query_labels[rows]), metrics).items():
             per_query[name][rows] = hits
@@ -207,7 +226,9 @@ def _template_scores(q: np.ndarray, templates: np.ndarray, similarity: Similarit
     return -(np.sum(q * q, 1)[:, None] - 2 * q @ templates.T + np.sum(templates * templates, 1)[None, :])
 
 
-def sample_pairs(labels: np.ndarray, n_pairs: int, *, seed: int, where: str = "pairs") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def sample_pairs(
+    labels: np.ndarray, n_pairs: int, *, seed: int, where: str = "pairs"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``n_pairs`` positive and ``n_pairs`` negative pairs of item positions, drawn with ``seed``.
 
     A positive pair takes a uniformly drawn item from a class with at least two items and another
