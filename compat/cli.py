@@ -203,7 +203,20 @@ def _describe(fs: Any) -> dict[str, object]:
 
 
 def main() -> None:
-    cli(prog_name="compat")
+    """Console entry point: usage errors are one line on stderr with exit code 2, like bad input."""
+    try:
+        code = cli.main(prog_name="compat", standalone_mode=False)
+    except click.UsageError as exc:
+        hint = f" (see 'compat {exc.ctx.info_name} --help')" if exc.ctx is not None and exc.ctx.parent else ""
+        click.echo(f"compat: error: {exc.format_message()}{hint}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    except click.ClickException as exc:
+        click.echo(f"compat: error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("compat: aborted", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -154,7 +154,9 @@ def load_features(path: str | os.PathLike[str]) -> FeatureSet:
 def _load_npz(p: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     try:
         loaded = np.load(p, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+    except ValueError:  # neither a zip archive nor an .npy header: numpy would have to unpickle it
+        raise CompatError(f"{p}: not a .npz archive (unknown format; pickles are never loaded)") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
         raise CompatError(f"{p}: not a readable .npz feature file ({exc})") from None
     if not isinstance(loaded, np.lib.npyio.NpzFile):
         raise CompatError(f"{p}: expected a .npz archive (or a directory of .npy files), got a single array")

@@ -242,8 +242,9 @@ def test_pairs_protocol_is_seeded(data, tmp_path) -> None:
     assert run_ok(tmp_path / "b", *args, "--seed", "0") == first
     others = [run_ok(tmp_path / f"seed{s}", *args, "--seed", str(s)) for s in (1, 2)]
     assert any(o["metrics"] != first["metrics"] for o in others)
-    check_cells(others[0], chain_cells(load(data, "v1", "v2")),
-                RetrievalEvaluator(protocol="pairs", pairs=1000, seed=1))
+    check_cells(
+        others[0], chain_cells(load(data, "v1", "v2")), RetrievalEvaluator(protocol="pairs", pairs=1000, seed=1)
+    )
 
 
 def test_map_at_r_metric(data, tmp_path) -> None:
@@ -336,8 +337,11 @@ def test_string_ids_match_integer_ids(data, tmp_path) -> None:
     for name in ("v1", "v2"):
         fs = load_features(data[name])
         ids = np.array([f"item-{i}" for i in fs.ids])  # unicode ids of several lengths
-        paths.append(save_features(FeatureSet.from_arrays(fs.features, fs.labels, ids, meta=fs.meta),
-                                   tmp_path / f"{name}-str.npz"))
+        paths.append(
+            save_features(
+                FeatureSet.from_arrays(fs.features, fs.labels, ids, meta=fs.meta), tmp_path / f"{name}-str.npz"
+            )
+        )
     ints = run_ok(tmp_path / "int", *versions(data, "v1", "v2"))
     strs = run_ok(tmp_path / "str", "--version", f"v1={paths[0]}", "--version", f"v2={paths[1]}")
     assert strs == ints
@@ -362,8 +366,12 @@ def test_ties_fail_unless_ties_pass(data, tmp_path) -> None:
 
 def _arrays(path: Path) -> dict[str, np.ndarray]:
     fs = load_features(path)
-    return {"features": np.array(fs.features), "labels": np.array(fs.labels), "ids": np.array(fs.ids),
-            "meta": np.array(json.dumps(fs.meta))}
+    return {
+        "features": np.array(fs.features),
+        "labels": np.array(fs.labels),
+        "ids": np.array(fs.ids),
+        "meta": np.array(json.dumps(fs.meta)),
+    }
 
 
 def _raw_npz(tmp: Path, data: dict[str, Path], name: str = "bad", **changes: np.ndarray | None) -> Path:
@@ -496,34 +504,45 @@ BAD_INPUTS = [
     pytest.param(_truncated_zip, id="truncated-zip"),
     pytest.param(_single_npy, id="single-npy-array"),
     pytest.param(_npz_case(["ids"], ids=None), id="missing-array"),
-    pytest.param(_npz_case(["features"], features=lambda d: _features(d, lambda x: x[:, 0].copy())),
-                 id="features-1d"),
+    pytest.param(_npz_case(["features"], features=lambda d: _features(d, lambda x: x[:, 0].copy())), id="features-1d"),
     pytest.param(_npz_case(["labels"], labels=np.zeros(N - 1, np.int64)), id="labels-wrong-length"),
     pytest.param(_npz_case(["ids"], ids=np.arange(N + 1, dtype=np.int64)), id="ids-wrong-length"),
-    pytest.param(_npz_case(["features"], features=lambda d: _features(d, lambda x: _set(x, (5, 3), np.nan))),
-                 id="nan-features"),
-    pytest.param(_npz_case(["features"], features=lambda d: _features(d, lambda x: _set(x, (0, 0), -np.inf))),
-                 id="inf-features"),
-    pytest.param(_npz_case(["ids"], ids=lambda d: _set(_arrays(d["v2"])["ids"], 1, _arrays(d["v2"])["ids"][0])),
-                 id="duplicate-ids"),
-    pytest.param(_npz_case(["empty"], features=np.zeros((0, D), np.float32), labels=np.zeros(0, np.int64),
-                           ids=np.zeros(0, np.int64)), id="empty-set"),
+    pytest.param(
+        _npz_case(["features"], features=lambda d: _features(d, lambda x: _set(x, (5, 3), np.nan))), id="nan-features"
+    ),
+    pytest.param(
+        _npz_case(["features"], features=lambda d: _features(d, lambda x: _set(x, (0, 0), -np.inf))), id="inf-features"
+    ),
+    pytest.param(
+        _npz_case(["ids"], ids=lambda d: _set(_arrays(d["v2"])["ids"], 1, _arrays(d["v2"])["ids"][0])),
+        id="duplicate-ids",
+    ),
+    pytest.param(
+        _npz_case(
+            ["empty"], features=np.zeros((0, D), np.float32), labels=np.zeros(0, np.int64), ids=np.zeros(0, np.int64)
+        ),
+        id="empty-set",
+    ),
     pytest.param(_npz_case(["meta", "pickle"], meta=_object_array({"model": "x"})), id="pickle-in-meta"),
-    pytest.param(_npz_case(["labels", "pickle"], labels=np.array([object()] * N, dtype=object)),
-                 id="pickle-in-labels"),
+    pytest.param(_npz_case(["labels", "pickle"], labels=np.array([object()] * N, dtype=object)), id="pickle-in-labels"),
     pytest.param(_npz_case(["meta"], meta=np.array("{not json")), id="meta-not-json"),
     pytest.param(_dir_case(["features.npy"], features=None), id="dir-missing-array"),
     pytest.param(_dir_case([], labels=np.array([object()] * N, dtype=object)), id="dir-pickle-in-labels"),
-    pytest.param(_dir_case(["features"], features=lambda d: _features(d, lambda x: _set(x, (9, 1), np.inf))),
-                 id="dir-inf-features"),
+    pytest.param(
+        _dir_case(["features"], features=lambda d: _features(d, lambda x: _set(x, (9, 1), np.inf))),
+        id="dir-inf-features",
+    ),
     pytest.param(_absent_id, id="query-id-absent-from-gallery"),
     pytest.param(_dim_mismatch, id="dim-mismatch"),
     pytest.param(_options("--metric", "cmc@0", expect=["metric", "cmc@0"]), id="metric-cmc@0"),
     pytest.param(_options("--metric", "foo", expect=["metric", "foo"]), id="metric-foo"),
-    pytest.param(_options("--protocol", "pairs", "--metric", "map", expect=["map", "pairs"]),
-                 id="metric-not-for-protocol"),
-    pytest.param(_options("--protocol", "template", "--metric", "map@r", expect=["map@r", "template"]),
-                 id="map@r-not-for-template"),
+    pytest.param(
+        _options("--protocol", "pairs", "--metric", "map", expect=["map", "pairs"]), id="metric-not-for-protocol"
+    ),
+    pytest.param(
+        _options("--protocol", "template", "--metric", "map@r", expect=["map@r", "template"]),
+        id="map@r-not-for-template",
+    ),
     pytest.param(_options("--memory-budget", "lots", expect=["memory_budget", "lots"]), id="bad-memory-budget"),
     pytest.param(_version_twice, id="version-twice"),
     pytest.param(_unknown_query_version, id="query-unknown-version"),
@@ -610,6 +629,12 @@ def test_track_logs_a_run(data, tmp_path, tmp_mlflow, monkeypatch) -> None:
     assert "cmc_at_1.v1_on_v2" not in metrics  # no cell above the diagonal
     assert run.data.params["protocol"] == "loo" and run.data.params["versions"] == "v1,v2"
     assert {a.path for a in client.list_artifacts(run_id)} >= set(REPORT_FILES)
+
+    # MLFLOW_TRACKING_URI set (by tmp_mlflow) is enough, without --track.
+    again = invoke(*versions(data, "v1", "v2"), "--experiment", "cli-eval", "--out", tmp_path / "again")
+    assert again.exit_code == 0, (again.output, again.exception)
+    assert "MLflow run " in again.stdout
+    assert len(client.search_runs([run.info.experiment_id])) == 2
 
 
 def test_no_tracking_without_flag_or_uri(data, tmp_path, monkeypatch) -> None:

@@ -191,7 +191,8 @@ def evaluate_chain(
             gv = versions[j]
             cell = Cell(i, j, qv.name, gv.name)
             q, g = transform(cell, qv.queries.features, gv.gallery.features)
-            q, g = apply_dim_policy(q, g, policy, where=f"cell {qv.name} on {gv.name}")
+            where = f"cell {qv.name} on {gv.name} ({qv.queries.source} on {gv.gallery.source})"
+            q, g = apply_dim_policy(q, g, policy, where=where)
             result = evaluator.evaluate_arrays(
                 q,
                 qv.queries.labels,
@@ -199,7 +200,7 @@ def evaluate_chain(
                 g,
                 gv.gallery.labels,
                 gv.gallery.ids,
-                where=f"cell {qv.name} on {gv.name}",
+                where=where,
             )
             for m in metric_names:
                 matrices[m][i][j] = result.values[m]
