@@ -1,0 +1,46 @@
+"""The one explicit list of training methods, and how to build one by name."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from typing import Any
+
+from compat.errors import CompatError
+from compat.methods.base import Method
+from compat.methods.cl2r import CL2R
+from compat.methods.cores import CoReS
+from compat.methods.hoc import HOC
+from compat.methods.independent import Independent
+
+__all__ = ["build_method", "list_methods", "register_method"]
+
+_METHODS: dict[str, Callable[..., Method]] = {
+    "independent": Independent,
+    "cores": CoReS,
+    "hoc": HOC,
+    "cl2r": CL2R,
+}
+
+
+def register_method(name: str, builder: Callable[..., Method]) -> None:
+    """Add a method of your own (a :class:`Method` subclass or a factory) under ``name``."""
+    if name in _METHODS:
+        raise CompatError(f"method: {name!r} is already registered")
+    _METHODS[name] = builder
+
+
+def list_methods() -> list[str]:
+    return sorted(_METHODS)
+
+
+def build_method(name: str, **options: Any) -> Method:
+    """Build a method by name with keyword options; unknown names and options are errors."""
+    if name not in _METHODS:
+        close = difflib.get_close_matches(name, _METHODS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise CompatError(f"method: unknown method {name!r}{hint}; expected one of {', '.join(list_methods())}")
+    try:
+        return _METHODS[name](**options)
+    except TypeError as exc:
+        raise CompatError(f"method {name!r}: {exc}") from None
