@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from compat.compatibility.matrix import CompatibilityReport
 
-__all__ = ["DEFAULT_TRACKING_URI", "log_evaluation", "metric_key", "tracking_enabled"]
+__all__ = ["DEFAULT_TRACKING_URI", "TrainingTracker", "log_evaluation", "metric_key", "tracking_enabled"]
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 # MLflow's limit on the length of a param value (mlflow.utils.validation.MAX_PARAM_VAL_LENGTH).
@@ -125,3 +125,55 @@ def log_evaluation(
         raise
     client.set_terminated(run_id)
     return run_id
+
+
+class TrainingTracker:
+    """MLflow for a training recipe: one parent run, a nested run per version. A no-op when off.
+
+    Uses MLflow's fluent API (the active run), so that :func:`log_evaluation` called inside the
+    parent run nests the final evaluation under it.
+    """
+
+    def __init__(self, enabled: bool, *, experiment: str | None = None):
+        self.enabled = enabled
+        self.experiment = experiment
+        self._mlflow = None
+
+    def start(self, run_name: str, params: Mapping[str, object]) -> None:
+        if not self.enabled:
+            return
+        import mlflow
+
+        if not mlflow.is_tracking_uri_set():
+            mlflow.set_tracking_uri(DEFAULT_TRACKING_URI)
+        if self.experiment:
+            mlflow.set_experiment(self.experiment)
+        self._mlflow = mlflow
+        mlflow.start_run(run_name=run_name)
+        flat: dict[str, str] = {}
+        _flatten("recipe", params, flat)
+        mlflow.log_params(flat)
+
+    def start_version(self, name: str, params: Mapping[str, object] | None = None) -> None:
+        if self._mlflow is not None:
+            self._mlflow.start_run(run_name=name, nested=True)
+            if params:
+                self._mlflow.log_params({metric_key(k): str(v)[:PARAM_VALUE_MAX] for k, v in params.items()})
+
+    def end_version(self) -> None:
+        if self._mlflow is not None:
+            self._mlflow.end_run()
+
+    def log_metrics(self, values: Mapping[str, float], step: int) -> None:
+        if self._mlflow is not None:
+            self._mlflow.log_metrics({metric_key(k): float(v) for k, v in values.items()}, step=step)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        if self._mlflow is not None:
+            self._mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+    def end(self, failed: bool = False) -> None:
+        if self._mlflow is not None:
+            while self._mlflow.active_run() is not None:
+                self._mlflow.end_run(status="FAILED" if failed else "FINISHED")
+            self._mlflow = None

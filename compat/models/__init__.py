@@ -1,0 +1,21 @@
+"""Models: backbones, the embedding model, and the d-Simplex and learnable classifier heads."""
+
+from compat.models.backbones import CifarResNet, SmallCNN, build_backbone, list_backbones, register_backbone
+from compat.models.embedding import EmbeddingModel, HeadKind, ModelOutput, build_model
+from compat.models.heads import LinearHead, SimplexHead
+from compat.models.simplex import d_simplex
+
+__all__ = [
+    "CifarResNet",
+    "EmbeddingModel",
+    "HeadKind",
+    "LinearHead",
+    "ModelOutput",
+    "SimplexHead",
+    "SmallCNN",
+    "build_backbone",
+    "build_model",
+    "d_simplex",
+    "list_backbones",
+    "register_backbone",
+]

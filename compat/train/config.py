@@ -1,0 +1,177 @@
+"""Recipes: one YAML file = one complete experiment, validated into frozen config objects.
+
+Unknown keys and wrong types are errors that name the key; ``null`` means "the default". The
+resolved recipe (a plain dict, :meth:`Recipe.resolved`) is what is logged and saved in checkpoints.
+``--set train.epochs=2`` style overrides are applied to the YAML before validation.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from compat.errors import CompatError
+
+__all__ = [
+    "DataConfig",
+    "EvalConfig",
+    "MethodConfig",
+    "ModelConfig",
+    "Recipe",
+    "TrainConfig",
+    "VersionConfig",
+    "apply_overrides",
+    "load_recipe",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Strict):
+    """Which data each version sees.
+
+    ``growth``: version t trains on a seeded, class-stratified fraction ``fractions[t]`` of the
+    training split (nested: each slice contains the previous one). ``classes``: class-incremental;
+    version t sees classes ``0 .. initial + t * increment - 1``.
+    """
+
+    dataset: str = "mnist"
+    root: str | None = None
+    download: bool = False
+    protocol: Literal["growth", "classes"] = "growth"
+    fractions: list[float] = Field(default_factory=lambda: [0.1, 1.0])
+    initial: int = 5
+    increment: int = 5
+    num_versions: int | None = None
+    eval_split: Literal["test", "train"] = "test"
+    num_workers: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if self.protocol == "growth":
+            f = self.fractions
+            if not f or any(not 0 < x <= 1 for x in f) or any(b <= a for a, b in itertools.pairwise(f)):
+                raise ValueError("fractions must increase strictly within (0, 1]")
+        elif self.initial < 1 or self.increment < 1:
+            raise ValueError("initial and increment must be >= 1")
+        return self
+
+
+class ModelConfig(_Strict):
+    backbone: str = "smallcnn"
+    backbone_kwargs: dict[str, Any] = Field(default_factory=dict)
+    feature_dim: int | None = None
+    num_vertices: int | None = None
+
+
+class MethodConfig(_Strict):
+    name: str = "independent"
+    options: dict[str, Any] = Field(default_factory=dict)
+    init: Literal["scratch", "previous"] | None = None
+    rehearsal_per_class: int = 0
+
+
+class VersionConfig(_Strict):
+    """Per-version overrides: start from an external checkpoint (model replacement), or another backbone."""
+
+    init_checkpoint: str | None = None
+    backbone: str | None = None
+
+
+class TrainConfig(_Strict):
+    epochs: int = 1
+    batch_size: int = 128
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: Literal["multistep", "cosine", "constant"] = "cosine"
+    milestones: list[int] = Field(default_factory=list)
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    amp: bool = False
+    grad_clip: float | None = None
+    eval_batch_size: int = 512
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.epochs < 1 or self.batch_size < 2 or self.lr <= 0:
+            raise ValueError("epochs >= 1, batch_size >= 2 and lr > 0 are required")
+        return self
+
+
+class EvalConfig(_Strict):
+    protocol: Literal["loo", "template", "pairs"] = "loo"
+    metrics: list[str] = Field(default_factory=lambda: ["cmc@1", "cmc@5", "map"])
+    similarity: Literal["cosine", "l2"] = "cosine"
+    dim_policy: Literal["error", "truncate", "pad"] = "error"
+
+
+class Recipe(_Strict):
+    name: str
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    versions: list[VersionConfig] = Field(default_factory=list)
+
+    def resolved(self) -> dict[str, Any]:
+        """The recipe as a plain dict with every default filled in."""
+        return self.model_dump(mode="json")
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides (values parsed as YAML) to a raw recipe dict."""
+    out = dict(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise CompatError(f"--set: {item!r} is not key=value (e.g. train.epochs=2)")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            child = dict(child) if isinstance(child, dict) else {}
+            node[part] = child
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read, override and validate a recipe.
+
+    Raises:
+        CompatError: the file is missing or not YAML, or a key is unknown or has the wrong type
+            (the message names the file and the key).
+    """
+    p = Path(path)
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise CompatError(f"{p}: cannot read the recipe ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise CompatError(f"{p}: not valid YAML ({exc})") from None
+    if not isinstance(raw, dict):
+        raise CompatError(f"{p}: a recipe must be a mapping of keys to values")
+    raw.setdefault("name", p.stem)
+    raw = apply_overrides(raw, overrides)
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(x) for x in err["loc"]) or "(recipe)"
+        what = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        raise CompatError(f"{p}: {key}: {what}") from None

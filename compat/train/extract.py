@@ -1,0 +1,54 @@
+"""Feature extraction: a model's retrieval features over a dataset split, as a FeatureSet."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from compat.features import FeatureSet
+
+__all__ = ["extract_features", "file_digest"]
+
+
+def file_digest(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
+@torch.no_grad()
+def extract_features(
+    model: nn.Module,
+    dataset,
+    *,
+    labels: np.ndarray,
+    ids: np.ndarray,
+    device: str = "cpu",
+    batch_size: int = 512,
+    num_workers: int = 0,
+    meta: dict[str, Any] | None = None,
+) -> FeatureSet:
+    """Embed every item of ``dataset`` with ``model.embed`` (eval mode, no augmentation).
+
+    Args:
+        model: an embedding model with ``embed(images) -> (N, D)``.
+        dataset: items ``(image, label)`` in the order of ``labels`` and ``ids``.
+        labels, ids: (N,) arrays describing the items.
+        meta: stored with the features (model, version, dataset, split, checkpoint digest).
+    """
+    was_training = model.training
+    model.eval().to(device)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    chunks = []
+    for images, _ in loader:
+        chunks.append(model.embed(images.to(device)).float().cpu().numpy())
+    model.train(was_training)
+    features = np.concatenate(chunks).astype(np.float32)
+    return FeatureSet.from_arrays(features, labels, ids, meta={"normalized": False, **(meta or {})})
