@@ -198,6 +198,65 @@ def eval_command(
         click.echo(f"MLflow run {run_id}")
 
 
+@cli.command("train")
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a recipe key, e.g. --set train.epochs=2 --set seed=1 (values are YAML).")
+@click.option("--data-root", default=None, help="Directory holding the datasets (torchvision layout).")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Output directory (default: runs/<recipe name>-seed<seed>).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--resume", is_flag=True, help="Continue from the checkpoints under --out.")
+@click.option("--track", is_flag=True, help="Log to MLflow (also on when MLFLOW_TRACKING_URI is set).")
+@click.option("--experiment", default=None, help="MLflow experiment name.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@_fail_cleanly
+def train_command(recipe: Path, overrides: tuple[str, ...], data_root: str | None, out: Path | None, device: str,
+                  resume: bool, track: bool, experiment: str | None, quiet: bool) -> None:
+    """Train every version of RECIPE, extract their features and evaluate the chain."""
+    from compat.compatibility.report import render_markdown
+    from compat.retrieval.knn import resolve_device
+    from compat.train import load_recipe, train_chain
+
+    cfg = load_recipe(recipe, overrides)
+    out = out or Path("runs") / f"{cfg.name}-seed{cfg.seed}"
+    report = train_chain(cfg, out=out, device=resolve_device(device), data_root=data_root, resume=resume,
+                         track=track, experiment=experiment, progress=not quiet)
+    if report is not None:
+        click.echo(render_markdown(report))
+        click.echo(f"checkpoints, features and reports written to {out}/")
+
+
+@cli.command("extract")
+@click.option("--checkpoint", type=click.Path(path_type=Path), required=True, help="A model.pt written by compat train.")
+@click.option("--data", "dataset", required=True, help="Dataset name: mnist, mnist-mini, cifar10, cifar100, imagefolder.")
+@click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
+@click.option("--data-root", default=None, help="Directory holding the datasets.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Feature file (.npz) or directory.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=512, show_default=True)
+@click.option("--version-name", default=None, help="Version name stored in the features' meta.")
+@_fail_cleanly
+def extract_command(checkpoint: Path, dataset: str, split: str, data_root: str | None, out: Path, device: str,
+                    batch_size: int, version_name: str | None) -> None:
+    """Extract the retrieval features of a dataset split with a trained model."""
+    from compat.data import build_dataset, dataset_ids, dataset_labels
+    from compat.features import save_features
+    from compat.retrieval.knn import resolve_device
+    from compat.train import extract_features, load_model
+    from compat.train.extract import file_digest
+
+    device = resolve_device(device)
+    model = load_model(checkpoint, device=device)
+    ds = build_dataset(dataset, root=data_root, split=split, train_transform=False)
+    meta = {"version": version_name or checkpoint.parent.name, "dataset": dataset, "split": split,
+            "checkpoint": file_digest(checkpoint)}
+    fs = extract_features(model, ds, labels=dataset_labels(ds), ids=dataset_ids(ds), device=device,
+                          batch_size=batch_size, meta=meta)
+    save_features(fs, out)
+    click.echo(f"{fs.n} x {fs.dim} features written to {out}")
+
+
 def _describe(fs: Any) -> dict[str, object]:
     return {"path": fs.source, "n": fs.n, "dim": fs.dim, **fs.meta}
 

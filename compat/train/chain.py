@@ -53,21 +53,26 @@ def plan_versions(recipe: Recipe, labels: np.ndarray) -> list[VersionPlan]:
     """The data of every version under the recipe's upgrade protocol.
 
     ``growth``: version t trains on the nested fraction ``fractions[t]`` of the training split.
-    ``classes``: version t brings the classes of task t; methods with rehearsal train on the new
-    task only (plus memory), the others on every class seen so far.
+    ``classes``: version t brings the classes of task t. With rehearsal (CL2R) a version trains on
+    what is new to it (the new slice or task) plus the memory; without, on everything seen so far.
     """
     from compat.data import class_incremental, fraction_subsets
 
     d = recipe.data
+    rehearsal = recipe.method.rehearsal_per_class > 0
     if d.protocol == "growth":
         subsets = fraction_subsets(labels, d.fractions, seed=recipe.seed)
         classes = sorted(int(c) for c in np.unique(labels))
-        return [VersionPlan(t, s, classes, classes if t == 0 else []) for t, s in enumerate(subsets)]
+        plans = []
+        for t, subset in enumerate(subsets):
+            # With rehearsal a version trains on the data that is new to it (plus the memory).
+            new = np.setdiff1d(subset, subsets[t - 1]) if rehearsal and t > 0 else subset
+            plans.append(VersionPlan(t, new, classes, classes if t == 0 else []))
+        return plans
     tasks = class_incremental(labels, initial=d.initial, increment=d.increment)
     if d.num_versions is not None:
         tasks = tasks[: d.num_versions]
     plans, seen = [], []
-    rehearsal = recipe.method.rehearsal_per_class > 0
     for t, task in enumerate(tasks):
         new = sorted(int(c) for c in np.unique(labels[task]))
         seen = seen + new
@@ -159,8 +164,10 @@ def train_chain(
             spec = _model_spec(recipe, plan.index, num_classes, method.head)
             model = _initial_model(recipe, plan.index, spec, previous, previous_spec, method, device)
             old = copy.deepcopy(previous) if previous is not None and method.needs_old_model else None
-            n_old = len(plan.seen_classes) - len(plan.new_classes)
-            method.prepare(n_old_classes=n_old, n_new_classes=len(plan.new_classes), old_model=old)
+            # CL2R's weight sqrt(n_new / n_old): the classes in this version's data over those seen before.
+            n_old = len(plan.seen_classes) - len(plan.new_classes) if plan.index > 0 else 0
+            n_task = len(np.unique(labels[plan.new_indices]))
+            method.prepare(n_old_classes=n_old, n_new_classes=n_task, old_model=old)
             memory_indices = memory.indices if memory is not None else np.empty(0, dtype=np.int64)
             tracker.start_version(name, {"train_items": len(plan.new_indices), "memory_items": len(memory_indices),
                                          "seen_classes": len(plan.seen_classes)})
