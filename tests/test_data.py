@@ -6,8 +6,6 @@ or from tiny fakes in torchvision's own on-disk layout written by the tests.
 
 from __future__ import annotations
 
-import hashlib
-import pickle
 from importlib import resources
 from pathlib import Path
 
@@ -32,6 +30,7 @@ from compat.data import (
 )
 from compat.data.make_mnist_mini import balanced_selection, make_mnist_mini
 from compat.errors import CompatError
+from tests.fakes import fake_cifar
 
 DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data from the repository root
 needs_mnist = pytest.mark.skipif(not (DATA_ROOT / "MNIST" / "raw").is_dir(), reason="full MNIST not present")
@@ -164,40 +163,9 @@ def test_full_mnist_loads_with_the_documented_label_counts(split, counts):
     assert np.array_equal(dataset_ids(ds), np.arange(len(ds)))
 
 
-def _write_pickle(path: Path, obj: object) -> list:
-    path.write_bytes(pickle.dumps(obj))
-    return [path.name, hashlib.md5(path.read_bytes()).hexdigest()]
-
-
-def _fake_cifar(root: Path, monkeypatch: pytest.MonkeyPatch, *, hundred: bool, per_file: int = 6) -> dict:
-    """Pickled batches exactly as torchvision's CIFAR readers expect them; md5 lists point at the fakes."""
-    import torchvision.datasets as tvd
-
-    rng = np.random.default_rng(0)
-    cls, folder = (tvd.CIFAR100, "cifar-100-python") if hundred else (tvd.CIFAR10, "cifar-10-batches-py")
-    num_classes, label_key = (100, "fine_labels") if hundred else (10, "labels")
-    names = (["train"], ["test"]) if hundred else ([f"data_batch_{i}" for i in range(1, 6)], ["test_batch"])
-    (root / folder).mkdir(parents=True)
-    expected, lists = {"train": [], "test": []}, {"train": [], "test": []}
-    for split, files in zip(("train", "test"), names):
-        for name in files:
-            labels = rng.integers(0, num_classes, per_file).tolist()
-            batch = {"data": rng.integers(0, 256, (per_file, 3072), dtype=np.uint8), label_key: labels}
-            if hundred:
-                batch["coarse_labels"] = [y // 5 for y in labels]
-            lists[split].append(_write_pickle(root / folder / name, batch))
-            expected[split] += labels
-    meta_name, meta_key = ("meta", "fine_label_names") if hundred else ("batches.meta", "label_names")
-    _, meta_md5 = _write_pickle(root / folder / meta_name, {meta_key: [f"class{i}" for i in range(num_classes)]})
-    monkeypatch.setattr(cls, "train_list", lists["train"])
-    monkeypatch.setattr(cls, "test_list", lists["test"])
-    monkeypatch.setattr(cls, "meta", {"filename": meta_name, "key": meta_key, "md5": meta_md5})
-    return expected
-
-
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
 def test_fake_cifar_in_torchvision_layout_loads(tmp_path, monkeypatch, name):
-    expected = _fake_cifar(tmp_path, monkeypatch, hundred=name == "cifar100")
+    expected = fake_cifar(tmp_path, monkeypatch, hundred=name == "cifar100")
     train = build_dataset(name, root=tmp_path, split="train", train_transform=True)
     test = build_dataset(name, root=tmp_path, split="test", train_transform=False)
     assert (len(train), len(test)) == (len(expected["train"]), len(expected["test"]))
