@@ -131,49 +131,15 @@ class RetrievalEvaluator:
         if self.similarity is Similarity.COSINE:
             _check_nonzero(query, f"{where} (queries)")
             _check_nonzero(gallery, f"{where} (gallery)")
+        cell = (query, query_labels, query_ids, gallery, gallery_labels, gallery_ids, self.metrics)
         if self.protocol is Protocol.LOO:
-            return leave_one_out(
-                query,
-                query_labels,
-                query_ids,
-                gallery,
-                gallery_labels,
-                gallery_ids,
-                self.metrics,
-                similarity=self.similarity,
-                backend=self.backend.value,
-                device=self.device,
-                memory_budget=self.memory_budget,
-                threads=self.threads,
-                where=where,
-            )
+            return leave_one_out(*cell, similarity=self.similarity, backend=self.backend.value, device=self.device,
+                                 memory_budget=self.memory_budget, threads=self.threads, where=where)
         if self.protocol is Protocol.TEMPLATE:
-            return template_identification(
-                query,
-                query_labels,
-                query_ids,
-                gallery,
-                gallery_labels,
-                gallery_ids,
-                self.metrics,
-                similarity=self.similarity,
-                memory_budget=self.memory_budget,
-                where=where,
-            )
-        return pair_verification(
-            query,
-            query_labels,
-            query_ids,
-            gallery,
-            gallery_labels,
-            gallery_ids,
-            self.metrics,
-            similarity=self.similarity,
-            n_pairs=self.pairs,
-            folds=self.folds,
-            seed=self.seed,
-            where=where,
-        )
+            return template_identification(*cell, similarity=self.similarity, memory_budget=self.memory_budget,
+                                           where=where)
+        return pair_verification(*cell, similarity=self.similarity, n_pairs=self.pairs, folds=self.folds,
+                                 seed=self.seed, where=where)
 
 
 def _default_threads() -> int:
