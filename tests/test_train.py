@@ -180,10 +180,11 @@ def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
     assert got[2] == want[2]
 
 
-def test_checkpoint_loading_refuses_pickled_objects(tmp_path):
-    class Evil:
-        pass
+class Evil:
+    """Any class: weights_only loading must refuse to rebuild it."""
 
+
+def test_checkpoint_loading_refuses_pickled_objects(tmp_path):
     torch.save({"x": Evil()}, tmp_path / "evil.pt")
     with pytest.raises(CompatError, match="not a loadable checkpoint"):
         load_checkpoint(tmp_path / "evil.pt")
