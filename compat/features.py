@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from compat._atomic import atomic_path, umask
 from compat.errors import CompatError
 
 __all__ = ["FeatureSet", "load_features", "save_features"]
@@ -231,33 +232,20 @@ def save_features(fs: FeatureSet, path: str | os.PathLike[str]) -> Path:
     p.parent.mkdir(parents=True, exist_ok=True)
     meta_json = json.dumps(fs.meta, sort_keys=True)
     if p.suffix == ".npz":
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, features=fs.features, labels=fs.labels, ids=fs.ids, meta=np.array(meta_json))
-            os.chmod(tmp, 0o666 & ~_umask())
-            os.replace(tmp, p)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(p) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, features=fs.features, labels=fs.labels, ids=fs.ids, meta=np.array(meta_json))
         return p
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent))
     try:
         for key in _ARRAYS:
             np.save(tmp_dir / f"{key}.npy", getattr(fs, key), allow_pickle=False)
         (tmp_dir / "meta.json").write_text(meta_json, encoding="utf-8")
-        os.chmod(tmp_dir, 0o777 & ~_umask())
+        os.chmod(tmp_dir, 0o777 & ~umask())
         _replace_dir(tmp_dir, p)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
     return p
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _replace_dir(src: Path, dst: Path) -> None:
