@@ -34,14 +34,14 @@ def main() -> None:
     times: dict[str, list[float]] = {"torch": [], "faiss": []}
     results = {}
     for _ in range(args.repeat):
-        for backend in times:
+        for backend, spent in times.items():
             start = time.perf_counter()
             results[backend] = knn(query, gallery, args.k, backend=backend, device=args.device, exclude=exclude)
-            times[backend].append(time.perf_counter() - start)
+            spent.append(time.perf_counter() - start)
     same = np.array_equal(results["torch"][1], results["faiss"][1])
     t, f = min(times["torch"]), min(times["faiss"])
     print(f"queries {args.queries} x gallery {args.gallery} x D {args.dim}, k {args.k}, device {args.device}")
-    print("| backend | best of %d (s) | ratio to faiss |" % args.repeat)
+    print(f"| backend | best of {args.repeat} (s) | ratio to faiss |")
     print("|---|---:|---:|")
     print(f"| faiss | {f:.2f} | 1.00x |")
     print(f"| torch | {t:.2f} | {t / f:.2f}x |")
