@@ -289,3 +289,21 @@ def test_training_logs_nested_mlflow_runs(tmp_path, tmp_mlflow):
     assert v1.data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert "loss" in v1.data.metrics
     assert any(a.path == "weights" for a in client.list_artifacts(v1.info.run_id))
+
+
+def test_torchrun_two_processes_train_with_ddp(tmp_path):
+    """Two CPU processes (gloo) under torchrun train one chain; rank 0 writes the results."""
+    import os
+    import subprocess
+    import sys
+
+    recipe = _write(tmp_path / "tiny.yaml", TINY.replace("fractions: [0.05, 0.1]", "fractions: [0.02, 0.04]"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(RECIPES.parent), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "compat.cli", "train", str(recipe), "--out", str(tmp_path / "run"), "--device", "cpu", "--quiet"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "run" / "compat.json").read_text())
+    assert report["versions"] == ["v0", "v1"]
+    assert load_checkpoint(tmp_path / "run" / "v1" / "checkpoint.pt")["epoch"] == 0
