@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from compat.errors import CompatError
 from compat.methods import HOCLoss, build_method, cosine_distillation, distillation_weight, list_methods
+from compat.models import LinearHead
 
 E = math.e
 
@@ -87,22 +88,34 @@ def test_unknown_method_and_option_are_errors():
         build_method("hoc", variant="other")
 
 
+class _OldModel(torch.nn.Module):
+    def __init__(self, dim: int, num_classes: int):
+        super().__init__()
+        self.head = LinearHead(dim, num_classes)
+
+
 @pytest.mark.parametrize("name", list_methods())
 def test_every_method_gives_finite_gradients(name):
     g = torch.Generator().manual_seed(1)
     features = torch.randn(8, 6, generator=g, requires_grad=True)
+    head_features = torch.randn(8, 5, generator=g, requires_grad=True)
     logits = torch.randn(8, 7, generator=g, requires_grad=True)
     labels = torch.randint(0, 7, (8,), generator=g)
-    old = torch.randn(8, 6, generator=g)
     m = build_method(name)
-    m.prepare(n_old_classes=3, n_new_classes=4, old_model=torch.nn.Identity() if m.needs_old_model else None)
+    old_dim = 4 if m.old_features == "cached" else 6  # cached-feature methods also meet a shorter old feature
+    old = torch.randn(8, old_dim, generator=g)
+    m.prepare(n_old_classes=3, n_new_classes=4, old_model=_OldModel(old_dim, 7) if m.needs_old_model else None,
+              old_classes=[0, 1, 2], old_train_features=old, train_labels=labels)
     out = m.loss(features, logits, labels, old_features=old if m.needs_old_model else None,
-                 from_memory=torch.arange(8) % 2 == 0)
+                 from_memory=torch.arange(8) % 2 == 0, teacher_features=torch.randn(8, 5, generator=g),
+                 head_features=head_features)
     out.total.backward()
     assert torch.isfinite(out.total)
     assert torch.isfinite(logits.grad).all()
     if m.needs_old_model:  # methods with a feature term must send gradients into the features
         assert features.grad is not None and torch.isfinite(features.grad).all()
+    if m.needs_teacher:
+        assert head_features.grad is not None and torch.isfinite(head_features.grad).all()
     assert m.head in ("simplex", "linear")
 
 

@@ -176,6 +176,7 @@ def test_linear_head_cannot_shrink() -> None:
 
 _BACKBONE_CASES = {
     "smallcnn": ({}, (1, 28, 28), 128, 4),
+    "mlp": ({"hidden": 64}, (1, 28, 28), 64, 4),
     "resnet32_cifar": ({}, (3, 32, 32), 64, 4),
     "resnet18": ({"small_images": True, "in_channels": 1}, (1, 28, 28), 512, 2),
     "resnet34": ({"small_images": True, "in_channels": 1}, (1, 28, 28), 512, 2),
@@ -333,4 +334,4 @@ def test_embedding_model_checks_the_head_dimension() -> None:
 
 
 def test_importing_models_registers_exactly_the_builtin_backbones() -> None:
-    assert list_backbones() == sorted(["smallcnn", "resnet32_cifar", "resnet18", "resnet34", "resnet50"])
+    assert list_backbones() == sorted(["mlp", "smallcnn", "resnet32_cifar", "resnet18", "resnet34", "resnet50"])

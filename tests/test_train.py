@@ -302,7 +302,7 @@ def test_torchrun_two_processes_train_with_ddp(tmp_path):
            "PYTHONPATH": os.pathsep.join([str(RECIPES.parent), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "compat.cli", "train", str(recipe), "--out", str(tmp_path / "run"), "--device", "cpu", "--quiet"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "run" / "compat.json").read_text())
     assert report["versions"] == ["v0", "v1"]

@@ -118,12 +118,27 @@ class CompatibilityReport:
 
 
 def apply_dim_policy(
-    query: np.ndarray, gallery: np.ndarray, policy: DimPolicy, *, where: str = "cell"
+    query: np.ndarray,
+    gallery: np.ndarray,
+    policy: DimPolicy,
+    *,
+    where: str = "cell",
+    compatible_dim: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Bring query (Nq, Dq) and gallery (Ng, Dg) to one feature size under ``policy``."""
+    """Bring query (Nq, Dq) and gallery (Ng, Dg) to one feature size.
+
+    When the query's version declares ``compatible_dim`` c (the leading coordinates it was trained
+    to share with older versions: BT^2's old dimension, BCT's truncated prefix), that statement
+    decides: the first min(c, Dg) query coordinates meet the gallery, zero-padded to Dg when c < Dg.
+    Otherwise ``policy`` does. Equal sizes are never changed (a version against itself uses its
+    whole feature).
+    """
     dq, dg = query.shape[1], gallery.shape[1]
     if dq == dg:
         return query, gallery
+    if compatible_dim is not None:
+        c = min(compatible_dim, dq)
+        return (query[:, :dg], gallery) if c >= dg else (_zero_pad(query[:, :c], dg), gallery)
     if policy is DimPolicy.ERROR:
         raise CompatError(
             f"{where}: feature sizes differ (queries {dq}, gallery {dg}); pass a dimension policy "
@@ -134,6 +149,16 @@ def apply_dim_policy(
         return query[:, :d], gallery[:, :d]
     d = max(dq, dg)
     return _zero_pad(query, d), _zero_pad(gallery, d)
+
+
+def _compatible_dim(features: FeatureSet) -> int | None:
+    """The ``compatible_dim`` a feature set's metadata declares (validated), or None."""
+    value = features.meta.get("compatible_dim")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise CompatError(f"{features.source}: meta field compatible_dim: expected a positive integer, got {value!r}")
+    return value
 
 
 def _zero_pad(x: np.ndarray, d: int) -> np.ndarray:
@@ -192,7 +217,7 @@ def evaluate_chain(
             cell = Cell(i, j, qv.name, gv.name)
             q, g = transform(cell, qv.queries.features, gv.gallery.features)
             where = f"cell {qv.name} on {gv.name} ({qv.queries.source} on {gv.gallery.source})"
-            q, g = apply_dim_policy(q, g, policy, where=where)
+            q, g = apply_dim_policy(q, g, policy, where=where, compatible_dim=_compatible_dim(qv.queries))
             result = evaluator.evaluate_arrays(
                 q,
                 qv.queries.labels,

@@ -36,16 +36,19 @@ class CL2R(Method):
 
     head = "simplex"
     needs_old_model = True
+    old_features = "batch"
+    init = "previous"
 
     def __init__(self, *, w0: float = 5.0):
         super().__init__()
         self.w0 = w0
         self.weight = 0.0
 
-    def prepare(self, *, n_old_classes: int, n_new_classes: int, old_model=None) -> None:
+    def prepare(self, *, n_old_classes: int, n_new_classes: int, old_model=None, **_) -> None:
         self.weight = distillation_weight(n_new_classes, n_old_classes, w0=self.w0) if old_model is not None else 0.0
 
-    def loss(self, features: Tensor, logits: Tensor, labels: Tensor, *, old_features=None, from_memory=None):
+    def loss(self, features: Tensor, logits: Tensor, labels: Tensor, *, old_features=None, from_memory=None,
+             teacher_features=None, head_features=None):
         ce = F.cross_entropy(logits, labels)
         parts = {"ce": float(ce.detach())}
         if old_features is None or self.weight == 0.0:

@@ -64,6 +64,8 @@ class HOC(Method):
 
     head = "simplex"
     needs_old_model = True
+    old_features = "batch"
+    init = "previous"
 
     def __init__(self, *, lam: float = 0.1, mu: float = 10.0, variant: str = "masked"):
         super().__init__()
@@ -72,7 +74,8 @@ class HOC(Method):
         self.lam = lam
         self.hoc = HOCLoss(mu=mu, variant=variant)
 
-    def loss(self, features: Tensor, logits: Tensor, labels: Tensor, *, old_features=None, from_memory=None):
+    def loss(self, features: Tensor, logits: Tensor, labels: Tensor, *, old_features=None, from_memory=None,
+             teacher_features=None, head_features=None):
         ce = F.cross_entropy(logits, labels)
         if old_features is None:  # the first version has no old model: cross-entropy alone
             return MethodLoss(ce, {"ce": float(ce.detach())})

@@ -16,6 +16,7 @@ class Independent(Method):
     head = "linear"
     needs_old_model = False
 
-    def loss(self, features: Tensor, logits: Tensor, labels: Tensor, *, old_features=None, from_memory=None):
+    def loss(self, features: Tensor, logits: Tensor, labels: Tensor, *, old_features=None, from_memory=None,
+             teacher_features=None, head_features=None):
         ce = F.cross_entropy(logits, labels)
         return MethodLoss(ce, {"ce": float(ce.detach())})

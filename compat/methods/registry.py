@@ -8,6 +8,8 @@ from typing import Any
 
 from compat.errors import CompatError
 from compat.methods.base import Method
+from compat.methods.bct import BCT, L2Regression
+from compat.methods.bt2 import BT2
 from compat.methods.cl2r import CL2R
 from compat.methods.cores import CoReS
 from compat.methods.hoc import HOC
@@ -20,6 +22,9 @@ _METHODS: dict[str, Callable[..., Method]] = {
     "cores": CoReS,
     "hoc": HOC,
     "cl2r": CL2R,
+    "bct": BCT,
+    "l2": L2Regression,
+    "bt2": BT2,
 }
 
 

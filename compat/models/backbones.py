@@ -128,6 +128,39 @@ def small_cnn(*, in_channels: int = 1) -> SmallCNN:
     return SmallCNN(in_channels=in_channels)
 
 
+class MLP(nn.Module):
+    """Flatten the image, then two fully connected ReLU layers (the classic MNIST perceptron).
+
+    A different architecture from :class:`SmallCNN` at a fraction of its cost: the old model of the
+    architecture-change recipes.
+
+    Args:
+        in_features: C * H * W of the input images (784 for MNIST).
+        hidden: width of both hidden layers; ``out_dim`` equals it.
+    """
+
+    def __init__(self, *, in_features: int = 784, hidden: int = 256) -> None:
+        super().__init__()
+        self.out_dim = hidden
+        self.features = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(in_features, hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(inplace=True),
+        )
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Args: images (N, C, H, W) with C * H * W = in_features. Returns: (N, hidden)."""
+        return self.features(images)
+
+
+@register_backbone("mlp")
+def mlp(*, in_features: int = 784, hidden: int = 256) -> MLP:
+    """Two-hidden-layer perceptron for 28x28 MNIST; out_dim ``hidden``."""
+    return MLP(in_features=in_features, hidden=hidden)
+
+
 # --- CIFAR ResNet-32 ----------------------------------------------------------------------------
 
 

@@ -9,9 +9,10 @@ from torch import Tensor, nn
 
 from compat.errors import CompatError
 from compat.models.backbones import build_backbone
+from compat.models.basis import BasisTransform
 from compat.models.heads import LinearHead, SimplexHead
 
-__all__ = ["EmbeddingModel", "HeadKind", "ModelOutput", "build_model"]
+__all__ = ["BasisTransformModel", "EmbeddingModel", "HeadKind", "ModelOutput", "build_model"]
 
 
 class HeadKind(str, Enum):
@@ -26,10 +27,13 @@ class ModelOutput(NamedTuple):
     Attributes:
         features: (N, D) unnormalised retrieval features.
         logits: (N, C) classifier logits.
+        head_features: what the head scored when it is not the retrieval feature (BT^2's ``f``),
+            else None.
     """
 
     features: Tensor
     logits: Tensor
+    head_features: Tensor | None = None
 
 
 class EmbeddingModel(nn.Module):
@@ -87,6 +91,41 @@ class EmbeddingModel(nn.Module):
         return ModelOutput(features=features, logits=self.head(features))
 
 
+class BasisTransformModel(nn.Module):
+    """BT^2's model: backbone -> :class:`~compat.models.basis.BasisTransform` -> linear head on ``f``.
+
+    Same interface as :class:`EmbeddingModel`; the retrieval feature has D + A coordinates, of
+    which the first D are the old-compatible part.
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, basis: BasisTransform) -> None:
+        super().__init__()
+        if getattr(head, "in_dim", None) != basis.feature_dim:
+            raise CompatError(f"head: expects {head.in_dim}-d features but f has {basis.feature_dim}")
+        self.backbone, self.basis, self.head = backbone, basis, head
+
+    @property
+    def feature_dim(self) -> int:
+        return self.basis.out_dim
+
+    @property
+    def compatible_dim(self) -> int:
+        """D: the leading coordinates of the feature that are compatible with the old model."""
+        return self.basis.feature_dim
+
+    @property
+    def num_classes(self) -> int:
+        return self.head.num_classes
+
+    def embed(self, images: Tensor) -> Tensor:
+        """(N, C, H, W) -> (N, D + A) unnormalised retrieval features."""
+        return self.basis(self.backbone(images))[0]
+
+    def forward(self, images: Tensor) -> ModelOutput:
+        features, f = self.basis(self.backbone(images))
+        return ModelOutput(features=features, logits=self.head(f), head_features=f)
+
+
 def build_model(
     backbone: str,
     *,
@@ -95,7 +134,9 @@ def build_model(
     num_classes: int,
     num_vertices: int | None = None,
     backbone_kwargs: dict[str, Any] | None = None,
-) -> EmbeddingModel:
+    to_add_dim: int | None = None,
+    orthogonal_map: str = "matrix_exp",
+) -> EmbeddingModel | BasisTransformModel:
     """Assemble an :class:`EmbeddingModel` from a registered backbone and a head.
 
     Args:
@@ -107,6 +148,9 @@ def build_model(
         num_vertices: K for the simplex head (default C; give more to pre-allocate vertices for
             future classes). Not accepted for the linear head.
         backbone_kwargs: keyword options of the backbone builder.
+        to_add_dim: BT^2: A extra coordinates through a basis transformation
+            (:class:`BasisTransformModel`; linear head, ``feature_dim`` = D required).
+        orthogonal_map: BT^2's orthogonal parametrisation: ``matrix_exp``, ``cayley`` or ``householder``.
 
     Returns:
         The model, randomly initialised (torch's global RNG).
@@ -119,6 +163,11 @@ def build_model(
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise CompatError(f"num_classes: expected a positive integer, got {num_classes!r}")
     net = build_backbone(backbone, **(backbone_kwargs or {}))
+    if to_add_dim is not None:
+        if kind is not HeadKind.LINEAR or feature_dim is None:
+            raise CompatError("to_add_dim: the basis transformation needs the linear head and a feature_dim")
+        basis = BasisTransform(net.out_dim, feature_dim, to_add_dim, orthogonal_map=orthogonal_map)
+        return BasisTransformModel(net, LinearHead(feature_dim, num_classes), basis)
     if kind is HeadKind.SIMPLEX:
         vertices = num_classes if num_vertices is None else num_vertices
         if isinstance(vertices, bool) or not isinstance(vertices, int) or vertices < max(num_classes, 2):

@@ -3,7 +3,7 @@
 from compat.train.chain import VersionPlan, load_model, plan_versions, save_model, train_chain
 from compat.train.checkpoint import load_checkpoint, save_checkpoint, seed_everything
 from compat.train.config import Recipe, apply_overrides, load_recipe
-from compat.train.extract import extract_features
+from compat.train.extract import embed_dataset, extract_features
 from compat.train.loop import EpochStats, plan_batches, train_version
 from compat.train.step import backward_step
 
@@ -13,6 +13,7 @@ __all__ = [
     "VersionPlan",
     "apply_overrides",
     "backward_step",
+    "embed_dataset",
     "extract_features",
     "load_checkpoint",
     "load_model",

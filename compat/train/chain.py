@@ -5,8 +5,14 @@ Layout under ``out``::
     out/recipe.yaml                 the resolved recipe
     out/v0/checkpoint.pt            last epoch's full state (resume)
     out/v0/model.pt                 final weights + what is needed to rebuild the model
-    out/features/v0.npz             evaluation features of version 0
+    out/v1-independent/model.pt     an independent model on v1's data (BT^2's teacher, or the
+                                    update-gain reference with ``eval.independent_reference``)
+    out/features/v0.npz             evaluation features of version 0 (and v1-independent.npz)
     out/compat.json, compat.md, compat.png
+
+A version whose feature size differs from its predecessor's, trained against it, records
+``compatible_dim`` in its features' metadata: the leading coordinates that meet the old model
+(BT^2's old dimension, BCT's truncated prefix). The evaluator reads it to compare those.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from compat.retrieval.evaluator import RetrievalEvaluator
 from compat.train.checkpoint import load_checkpoint, save_checkpoint, seed_everything
 from compat.train.config import Recipe
 from compat.train.distributed import DistributedContext
-from compat.train.extract import extract_features, file_digest
+from compat.train.extract import embed_dataset, extract_features, file_digest
 from compat.train.loop import EpochStats, train_version
 
 __all__ = ["VersionPlan", "load_model", "plan_versions", "save_model", "train_chain"]
@@ -96,16 +102,27 @@ def load_model(path: str | Path, *, device: str = "cpu") -> EmbeddingModel:
     return model.to(device).eval()
 
 
-def _model_spec(recipe: Recipe, version: int, num_classes: int, head: str) -> dict[str, Any]:
+def _model_spec(recipe: Recipe, version: int, num_classes: int, head: str, *, basis: bool = True) -> dict[str, Any]:
+    """``build_model`` arguments of a version: the recipe's model with the version's overrides
+    (``basis=False`` drops BT^2's extra coordinates, for the version's independent teacher)."""
     m = recipe.model
     override = recipe.versions[version] if version < len(recipe.versions) else None
-    backbone = (override.backbone if override and override.backbone else None) or m.backbone
+
+    def pick(name: str, default: Any) -> Any:
+        value = getattr(override, name) if override is not None else None
+        return default if value is None else value
+
     num_vertices = m.num_vertices if head == "simplex" else None
-    feature_dim = m.feature_dim
+    feature_dim = pick("feature_dim", m.feature_dim)
     if head == "simplex" and feature_dim is None:
         feature_dim = (num_vertices or num_classes) - 1
-    return {"backbone": backbone, "feature_dim": feature_dim, "head": head, "num_classes": num_classes,
-            "num_vertices": num_vertices, "backbone_kwargs": dict(m.backbone_kwargs)}
+    spec = {"backbone": pick("backbone", m.backbone), "feature_dim": feature_dim, "head": head,
+            "num_classes": num_classes, "num_vertices": num_vertices,
+            "backbone_kwargs": dict(pick("backbone_kwargs", m.backbone_kwargs))}
+    to_add = pick("to_add_dim", None)
+    if basis and to_add is not None:
+        spec.update(to_add_dim=to_add, orthogonal_map=m.orthogonal_map)
+    return spec
 
 
 def train_chain(
@@ -154,9 +171,13 @@ def train_chain(
         if recipe.method.rehearsal_per_class > 0 else None
     eval_labels, eval_ids = dataset_labels(eval_ds), dataset_ids(eval_ds)
     feature_paths: list[Path] = []
+    reference_paths: dict[int, Path] = {}
     previous: EmbeddingModel | None = None
     previous_spec: dict[str, Any] | None = None
+    previous_classes: list[int] | None = None
+    cache_ds = None
     try:
+        last = len(plans) - 1
         for plan in plans:
             name = f"v{plan.index}"
             vdir = out / name
@@ -164,44 +185,54 @@ def train_chain(
             spec = _model_spec(recipe, plan.index, num_classes, method.head)
             model = _initial_model(recipe, plan.index, spec, previous, previous_spec, method, device)
             old = copy.deepcopy(previous) if previous is not None and method.needs_old_model else None
-            # CL2R's weight sqrt(n_new / n_old): the classes in this version's data over those seen before.
-            n_old = len(plan.seen_classes) - len(plan.new_classes) if plan.index > 0 else 0
-            n_task = len(np.unique(labels[plan.new_indices]))
-            method.prepare(n_old_classes=n_old, n_new_classes=n_task, old_model=old)
             memory_indices = memory.indices if memory is not None else np.empty(0, dtype=np.int64)
             tracker.start_version(name, {"train_items": len(plan.new_indices), "memory_items": len(memory_indices),
                                          "seen_classes": len(plan.seen_classes)})
-            model_path = vdir / "model.pt"
-            if resume and model_path.is_file():
-                model = load_model(model_path, device=device)
-                logger.info("%s: already trained, loaded %s", name, model_path)
-            else:
-                def log_epoch(stats: EpochStats) -> None:
-                    tracker.log_metrics({"loss": stats.loss, "train_accuracy": stats.accuracy, "lr": stats.lr,
-                                         **stats.parts}, step=stats.epoch)
-
-                train_version(
-                    model, method, dataset=train_ds, new_indices=plan.new_indices, memory_indices=memory_indices,
-                    old_model=old, cfg=recipe.train, seed=recipe.seed * 1000 + plan.index, device=device,
-                    checkpoint_path=vdir / "checkpoint.pt", resume=resume, num_workers=d.num_workers,
-                    extra_state={"recipe": recipe.resolved(), "version": plan.index}, dist=dist,
-                    on_epoch=log_epoch, progress=progress,
-                )
+            common = {"dataset": train_ds, "new_indices": plan.new_indices, "memory_indices": memory_indices,
+                      "cfg": recipe.train, "device": device, "resume": resume, "num_workers": d.num_workers,
+                      "dist": dist, "progress": progress, "tracker": tracker}
+            used = np.union1d(plan.new_indices, memory_indices)
+            cached: dict[str, torch.Tensor] = {}
+            reference = None
+            if plan.index > 0 and (method.needs_teacher or (recipe.eval.independent_reference and plan.index == last)):
+                reference, reference_spec = _train_reference(recipe, plan.index, num_classes, out, common)
                 if dist.is_main:
-                    save_model(model_path, model, spec)
+                    reference_paths[plan.index] = _extract(reference, out, f"{name}-independent", recipe, eval_ds,
+                                                           eval_labels, eval_ids, device, spec=reference_spec)
+            if old is not None and (method.old_features == "cached" or method.needs_teacher):
+                cache_ds = cache_ds or build_dataset(d.dataset, root=root, split="train", download=d.download,
+                                                     train_transform=False)
+                if method.old_features == "cached":
+                    cached["old"] = _cache(old, cache_ds, used, device, recipe)
+                if method.needs_teacher:
+                    cached["teacher"] = _cache(reference, cache_ds, used, device, recipe)
+            # CL2R's weight sqrt(n_new / n_old): the classes in this version's data over those seen before.
+            n_old = len(plan.seen_classes) - len(plan.new_classes) if plan.index > 0 else 0
+            n_task = len(np.unique(labels[plan.new_indices]))
+            new_rows = torch.from_numpy(plan.new_indices)
+            method.prepare(
+                n_old_classes=n_old, n_new_classes=n_task, old_model=old,
+                old_classes=previous_classes,
+                old_train_features=cached["old"][new_rows] if "old" in cached else None,
+                train_labels=torch.from_numpy(labels[plan.new_indices]) if "old" in cached else None,
+            )
+            model = _train_or_load(model, method, vdir, spec, old_model=old, cached=cached,
+                                   seed=recipe.seed * 1000 + plan.index, extra_state={"recipe": recipe.resolved(),
+                                                                                   "version": plan.index}, **common)
             dist.barrier()
             if dist.is_main:
-                meta = {"model": spec["backbone"], "version": name, "dataset": d.dataset, "split": d.eval_split,
-                        "recipe": recipe.name, "checkpoint": file_digest(model_path)}
-                fs = extract_features(model, eval_ds, labels=eval_labels, ids=eval_ids, device=device,
-                                      batch_size=recipe.train.eval_batch_size, num_workers=d.num_workers, meta=meta)
-                feature_paths.append(save_features(fs, out / "features" / f"{name}.npz"))
-                tracker.log_artifact(model_path, "weights")
+                compatible = None
+                if old is not None and model.feature_dim != previous.feature_dim:
+                    compatible = min(model.feature_dim, previous.feature_dim)
+                feature_paths.append(_extract(model, out, name, recipe, eval_ds, eval_labels, eval_ids, device,
+                                              spec=spec, compatible_dim=compatible))
+                tracker.log_artifact(vdir / "model.pt", "weights")
             tracker.end_version()
             if memory is not None:
                 memory.update(plan.new_indices, labels[plan.new_indices])
-            previous, previous_spec = model, spec
-        report = _evaluate(recipe, feature_paths, out, device) if dist.is_main else None
+            previous, previous_spec, previous_classes = model, spec, list(plan.seen_classes)
+        independent = reference_paths.get(last)
+        report = _evaluate(recipe, feature_paths, out, device, independent) if dist.is_main else None
         if report is not None and tracker.enabled:
             from compat.tracking import log_evaluation
 
@@ -212,6 +243,69 @@ def train_chain(
         raise
     tracker.end()
     return report
+
+
+def _train_or_load(model, method, vdir: Path, spec: dict[str, Any], *, tracker, resume: bool, dist, **train_args):
+    """Train one model into ``vdir`` (checkpoint every epoch, then ``model.pt``), or load it when
+    resuming and it is already there."""
+    model_path = vdir / "model.pt"
+    if resume and model_path.is_file():
+        logger.info("%s: already trained, loading it", model_path)
+        return load_model(model_path, device=train_args["device"])
+
+    def log_epoch(stats: EpochStats) -> None:
+        tracker.log_metrics({"loss": stats.loss, "train_accuracy": stats.accuracy, "lr": stats.lr, **stats.parts},
+                            step=stats.epoch)
+
+    train_version(model, method, checkpoint_path=vdir / "checkpoint.pt", resume=resume, dist=dist,
+                  on_epoch=log_epoch, **train_args)
+    if dist.is_main:
+        save_model(model_path, model, spec)
+    dist.barrier()
+    return model
+
+
+def _train_reference(recipe: Recipe, index: int, num_classes: int, out: Path, common: dict[str, Any]):
+    """An independent model (learnable head, no constraint, from scratch) on version ``index``'s data:
+    BT^2's teacher and the update gain's reference."""
+    method = build_method("independent")
+    spec = _model_spec(recipe, index, num_classes, method.head, basis=False)
+    torch.manual_seed(recipe.seed * 1000 + 500 + index)
+    model = build_model(**spec).to(common["device"])
+    vdir = out / f"v{index}-independent"
+    model = _train_or_load(model, method, vdir, spec, old_model=None, cached={}, seed=recipe.seed * 1000 + 500 + index,
+                           extra_state={"recipe": recipe.resolved(), "version": index, "reference": True},
+                           **{**common, "tracker": _NullTracker()})
+    return model.eval(), spec
+
+
+class _NullTracker:
+    """The reference model's epochs are not logged (its run is the version's)."""
+
+    def log_metrics(self, *args, **kwargs) -> None:
+        pass
+
+
+def _cache(model, dataset, indices: np.ndarray, device: str, recipe: Recipe) -> torch.Tensor:
+    """(len(dataset), D) features of ``model`` with the rows of ``indices`` filled (no augmentation)."""
+    feats = embed_dataset(model, dataset, indices=indices, device=device, batch_size=recipe.train.eval_batch_size,
+                          num_workers=recipe.data.num_workers)
+    table = torch.zeros(len(dataset), feats.shape[1])
+    table[torch.from_numpy(indices)] = feats
+    return table.to(device)
+
+
+def _extract(model, out: Path, name: str, recipe: Recipe, eval_ds, labels, ids, device: str, *,
+             spec: dict[str, Any], compatible_dim: int | None = None) -> Path:
+    d = recipe.data
+    model_path = out / name / "model.pt"
+    meta = {"model": spec["backbone"], "version": name, "dataset": d.dataset, "split": d.eval_split, "recipe": recipe.name,
+            "checkpoint": file_digest(model_path)}
+    if compatible_dim is not None:
+        meta["compatible_dim"] = compatible_dim
+    fs = extract_features(model, eval_ds, labels=labels, ids=ids, device=device,
+                          batch_size=recipe.train.eval_batch_size, num_workers=d.num_workers, meta=meta)
+    return save_features(fs, out / "features" / f"{name}.npz")
 
 
 def _initial_model(recipe: Recipe, index: int, spec: dict[str, Any], previous: EmbeddingModel | None,
@@ -228,20 +322,22 @@ def _initial_model(recipe: Recipe, index: int, spec: dict[str, Any], previous: E
             raise CompatError(f"{override.init_checkpoint}: unexpected weights {unexpected[:3]} for {spec['backbone']}")
         logger.info("v%d starts from %s (missing: %s)", index, override.init_checkpoint, missing)
         return model.to(device)
-    init = recipe.method.init or ("previous" if method.needs_old_model else "scratch")
+    init = recipe.method.init or method.init
     if init == "previous" and previous is not None and spec == previous_spec:
         model.load_state_dict(previous.state_dict())
     return model.to(device)
 
 
-def _evaluate(recipe: Recipe, feature_paths: list[Path], out: Path, device: str) -> CompatibilityReport:
+def _evaluate(recipe: Recipe, feature_paths: list[Path], out: Path, device: str,
+              independent: Path | None = None) -> CompatibilityReport:
     from compat.features import load_features
 
     e = recipe.eval
     evaluator = RetrievalEvaluator(tuple(e.metrics), protocol=e.protocol, similarity=e.similarity,
                                    device="cuda" if device.startswith("cuda") else "cpu")
     chain = [Version(p.stem, load_features(p)) for p in feature_paths]
-    report = evaluate_chain(chain, evaluator, dim_policy=e.dim_policy)
+    reference = load_features(independent) if independent is not None else None
+    report = evaluate_chain(chain, evaluator, dim_policy=e.dim_policy, independent=reference)
     write_reports(report, out)
     return report
 

@@ -68,6 +68,7 @@ class ModelConfig(_Strict):
     backbone_kwargs: dict[str, Any] = Field(default_factory=dict)
     feature_dim: int | None = None
     num_vertices: int | None = None
+    orthogonal_map: Literal["matrix_exp", "cayley", "householder"] = "matrix_exp"
 
 
 class MethodConfig(_Strict):
@@ -78,10 +79,14 @@ class MethodConfig(_Strict):
 
 
 class VersionConfig(_Strict):
-    """Per-version overrides: start from an external checkpoint (model replacement), or another backbone."""
+    """Per-version overrides: start from an external checkpoint (model replacement), another backbone
+    or feature size (architecture change), extra BT^2 coordinates. Unset fields keep ``model``'s."""
 
     init_checkpoint: str | None = None
     backbone: str | None = None
+    backbone_kwargs: dict[str, Any] | None = None
+    feature_dim: int | None = None
+    to_add_dim: int | None = None
 
 
 class TrainConfig(_Strict):
@@ -111,6 +116,9 @@ class EvalConfig(_Strict):
     metrics: list[str] = Field(default_factory=lambda: ["cmc@1", "cmc@5", "map"])
     similarity: Literal["cosine", "l2"] = "cosine"
     dim_policy: Literal["error", "truncate", "pad"] = "error"
+    # Also train an independent model on the newest version's data (same backbone and schedule),
+    # to report the update gain against it. Methods with a teacher (BT^2) always have one.
+    independent_reference: bool = False
 
 
 class Recipe(_Strict):

@@ -12,7 +12,7 @@ from torch import nn
 
 from compat.features import FeatureSet
 
-__all__ = ["extract_features", "file_digest"]
+__all__ = ["embed_dataset", "extract_features", "file_digest"]
 
 
 def file_digest(path: str | Path) -> str:
@@ -24,6 +24,30 @@ def file_digest(path: str | Path) -> str:
 
 
 @torch.no_grad()
+def embed_dataset(
+    model: nn.Module,
+    dataset,
+    *,
+    indices: np.ndarray | None = None,
+    device: str = "cpu",
+    batch_size: int = 512,
+    num_workers: int = 0,
+) -> torch.Tensor:
+    """``model.embed`` over ``dataset`` (or its items ``indices``, in that order), in eval mode.
+
+    Returns:
+        (N, D) float32 features on the CPU.
+    """
+    if indices is not None:
+        dataset = torch.utils.data.Subset(dataset, [int(i) for i in indices])
+    was_training = model.training
+    model.eval().to(device)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    chunks = [model.embed(images.to(device)).float().cpu() for images, _ in loader]
+    model.train(was_training)
+    return torch.cat(chunks)
+
+
 def extract_features(
     model: nn.Module,
     dataset,
@@ -43,12 +67,5 @@ def extract_features(
         labels, ids: (N,) arrays describing the items.
         meta: stored with the features (model, version, dataset, split, checkpoint digest).
     """
-    was_training = model.training
-    model.eval().to(device)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    chunks = []
-    for images, _ in loader:
-        chunks.append(model.embed(images.to(device)).float().cpu().numpy())
-    model.train(was_training)
-    features = np.concatenate(chunks).astype(np.float32)
+    features = embed_dataset(model, dataset, device=device, batch_size=batch_size, num_workers=num_workers).numpy()
     return FeatureSet.from_arrays(features, labels, ids, meta={"normalized": False, **(meta or {})})

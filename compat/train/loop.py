@@ -92,6 +92,7 @@ def train_version(
     dist: DistributedContext | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
     progress: bool = True,
+    cached: dict[str, torch.Tensor] | None = None,
 ) -> nn.Module:
     """Train ``model`` in place for ``cfg.epochs`` epochs and return it (unwrapped).
 
@@ -110,7 +111,10 @@ def train_version(
         extra_state: saved in the checkpoint as is (the resolved recipe, the label map...).
         dist: torch.distributed context (rank, world size) when launched by torchrun.
         on_epoch: called with each epoch's statistics (rank 0).
+        cached: features computed once per dataset index, looked up per batch: ``"old"`` (the old
+            model's, when ``method.old_features == "cached"``) and ``"teacher"``.
     """
+    cached = cached or {}
     dist = dist or DistributedContext.single()
     model.to(device)
     if old_model is not None:
@@ -155,13 +159,15 @@ def train_version(
             autocast = torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext()
             with autocast:
                 out = train_model(images)
-                old_features = None
-                if old_model is not None and method.needs_old_model:
+                old_features = cached["old"][idx.to(cached["old"].device)] if "old" in cached else None
+                if old_model is not None and method.old_features == "batch":
                     with torch.no_grad():
                         old_features = old_model.embed(images)
+                teacher = cached["teacher"][idx.to(cached["teacher"].device)] if "teacher" in cached else None
                 from_memory = torch.isin(idx, memory_set).to(device) if len(memory_set) else None
                 result = method.loss(out.features, out.logits, labels, old_features=old_features,
-                                     from_memory=from_memory)
+                                     from_memory=from_memory, teacher_features=teacher,
+                                     head_features=out.head_features)
             backward_step(result.total, optimizer, scaler, cfg.grad_clip, list(model.parameters()))
             scheduler.step()
             n = len(labels)
