@@ -279,8 +279,19 @@ def run_gate(
     for spec in policy.checks:
         if spec.kind is CheckKind.UPDATE_GAIN and independent is None:
             results.append(
-                CheckResult(spec.label, spec.kind, spec.metric, spec.required, spec.threshold, spec.kind.rule,
-                            None, None, None, None, note="skipped: needs --independent features")
+                CheckResult(
+                    spec.label,
+                    spec.kind,
+                    spec.metric,
+                    spec.required,
+                    spec.threshold,
+                    spec.kind.rule,
+                    None,
+                    None,
+                    None,
+                    None,
+                    note="skipped: needs --independent features",
+                )
             )
             continue
         results.append(_run_check(spec, cells, older, policy.confidence, n_resamples, seed))
@@ -308,7 +319,9 @@ def _run_check(
     note = ""
     if spec.kind is CheckKind.MAX_DROP:
         for k, g in enumerate(older):
-            details.append({"gallery": g, "source": cells.models[g].source, "drop": float(means[2 * k] - means[2 * k + 1])})
+            details.append(
+                {"gallery": g, "source": cells.models[g].source, "drop": float(means[2 * k] - means[2 * k + 1])}
+            )
     if not math.isfinite(ci.value):
         note = "undefined: the independent model is no better than the production model"
     return CheckResult(

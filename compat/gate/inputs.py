@@ -78,11 +78,12 @@ def load_source(
     kind = source_kind(source)
     if kind is SourceKind.FEATURES:
         return load_features(source)
+    if kind is SourceKind.REGISTRY:
+        parse_model_uri(str(source))
     if extraction is None:
         raise CompatError(f"{option} {source}: a model needs a dataset to embed (--dataset NAME [--data-root DIR])")
     if kind is SourceKind.MODEL:
         return _embed(Path(source), str(source), extraction, {"checkpoint_path": str(source)})
-    parse_model_uri(str(source))
     version = resolve_model_uri(str(source), tracking_uri=tracking_uri)
     with tempfile.TemporaryDirectory(prefix="compat-gate-") as tmp:
         path = download_model(version.uri, tmp, tracking_uri=tracking_uri)
@@ -99,8 +100,15 @@ def _embed(path: Path, source: str, extraction: ExtractionSpec, meta: dict[str, 
     dataset = extraction.build()
     info = {"dataset": extraction.dataset, "split": extraction.split, "checkpoint": file_digest(path), **meta}
     try:
-        fs = extract_features(model, dataset, labels=dataset_labels(dataset), ids=dataset_ids(dataset),
-                              device=extraction.device, batch_size=extraction.batch_size, meta=info)
+        fs = extract_features(
+            model,
+            dataset,
+            labels=dataset_labels(dataset),
+            ids=dataset_ids(dataset),
+            device=extraction.device,
+            batch_size=extraction.batch_size,
+            meta=info,
+        )
     except CompatError as exc:  # e.g. NaN features
         raise CompatError(f"{source}: features extracted from {extraction.dataset!r}: {exc}") from None
     except (RuntimeError, ValueError) as exc:

@@ -158,8 +158,10 @@ def download_model(uri: str, dst_dir: str | os.PathLike[str], *, tracking_uri: s
     client = _client(tracking_uri)
     source = version.source.rstrip("/")
     with _registry_errors(f"{uri} (version {version.version}, {source})"):
-        listed = {Path(f.path).name for f in mlflow.artifacts.list_artifacts(artifact_uri=source,
-                                                                             tracking_uri=client.tracking_uri)}
+        listed = {
+            Path(f.path).name
+            for f in mlflow.artifacts.list_artifacts(artifact_uri=source, tracking_uri=client.tracking_uri)
+        }
     if MODEL_FILE not in listed:
         found = ", ".join(sorted(listed)) or "nothing"
         raise CompatError(
@@ -283,31 +285,36 @@ def promote(
         candidate: a compat model file (registered as a new version) or a ``models:/`` URI: the same
             registered model's version itself, or another model's version (registered again under
             ``name`` with the same artifacts).
-        tags: set on the promoted version (e.g. the gate's verdict).
+        tags: set on the promoted version (e.g. the gate's verdict); keys are made MLflow-safe
+            as metric names are (:func:`compat.tracking.metric_key`).
         alias, previous_alias: the alias moved to the candidate, and the one given to the version
             that held it before (unless that is the candidate itself).
 
     Returns:
         What moved.
     """
+    from compat.tracking import PARAM_VALUE_MAX, metric_key
+
     _check_name(name)
     client = _client(tracking_uri)
+    tags = {metric_key(k): str(v)[:PARAM_VALUE_MAX] for k, v in (tags or {}).items()}
     if is_model_uri(str(candidate)):
         found = resolve_model_uri(str(candidate), tracking_uri=client.tracking_uri)
-        if found.name == name:
-            version = found.version
-        else:
-            with _registry_errors(f"registered model {name!r}"):
+        with _registry_errors(f"registered model {name!r}"):
+            if found.name == name:
+                version = found.version
+                for key, value in tags.items():
+                    client.set_model_version_tag(name, version, key, value)
+            else:
                 _ensure_registered(client, name)
                 version = str(
-                    client.create_model_version(name, source=found.source, run_id=found.run_id,
-                                                tags={"compat.copied_from": found.uri}).version
+                    client.create_model_version(
+                        name, source=found.source, run_id=found.run_id, tags={"compat.copied_from": found.uri, **tags}
+                    ).version
                 )
     else:
-        version = register_model(candidate, name, tracking_uri=client.tracking_uri).version
+        version = register_model(candidate, name, tags=tags, tracking_uri=client.tracking_uri).version
     with _registry_errors(f"registered model {name!r}"):
-        for key, value in (tags or {}).items():
-            client.set_model_version_tag(name, version, key, value)
         before = _current(client, name, alias)
         if before is not None and before != version:
             client.set_registered_model_alias(name, previous_alias, before)

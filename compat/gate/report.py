@@ -53,13 +53,16 @@ def _threshold(check: CheckResult) -> str:
 def render_markdown(verdict: GateVerdict, promotion: Mapping[str, Any] | None = None) -> str:
     """The ``gate.md`` report: the verdict, one table row per check, the cells behind each check."""
     head = "PASSED ✓" if verdict.passed else "FAILED ✗"
-    level = int(round(100 * verdict.confidence))
+    level = round(100 * verdict.confidence)
+    setting = (
+        f"Candidate `{_md(verdict.inputs['new']['source'])}` against production "
+        f"`{_md(verdict.inputs['old']['source'])}` · protocol {verdict.protocol} · {verdict.similarity} · "
+        f"{level}% paired bootstrap intervals over queries ({verdict.n_resamples} resamples, seed {verdict.seed})"
+    )
     lines = [
         f"## compat gate: {head}",
         "",
-        f"Candidate `{_md(verdict.inputs['new']['source'])}` against production "
-        f"`{_md(verdict.inputs['old']['source'])}` · protocol {verdict.protocol} · {verdict.similarity} · "
-        f"{level}% paired bootstrap intervals over queries ({verdict.n_resamples} resamples, seed {verdict.seed})",
+        setting,
         "",
         f"| check | metric | value | {level}% interval | passes when | required | result |",
         "|---|---|---:|---|---|---|---|",
@@ -86,8 +89,11 @@ def render_markdown(verdict: GateVerdict, promotion: Mapping[str, Any] | None = 
             "",
             f"Promoted: `models:/{_md(promotion['name'])}/{promotion['version']}` is now "
             f"`@{promotion['alias']}`"
-            + (f" (the previous champion, version {promotion['previous']}, is `@previous`)."
-               if promotion.get("previous") else "."),
+            + (
+                f" (the previous champion, version {promotion['previous']}, is `@previous`)."
+                if promotion.get("previous")
+                else "."
+            ),
         ]
     return "\n".join(lines) + "\n"
 
@@ -146,5 +152,7 @@ def append_step_summary(markdown: str, environ: Mapping[str, str] | None = None)
         with open(path, "a", encoding="utf-8") as fh:
             fh.write(markdown if markdown.endswith("\n") else markdown + "\n")
     except OSError as exc:
-        raise CompatError(f"GITHUB_STEP_SUMMARY {path}: cannot append the gate report ({exc.strerror or exc})") from None
+        raise CompatError(
+            f"GITHUB_STEP_SUMMARY {path}: cannot append the gate report ({exc.strerror or exc})"
+        ) from None
     return path
