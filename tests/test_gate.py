@@ -827,3 +827,33 @@ def test_registry_bad_inputs(models, tmp_path, registry) -> None:
     with pytest.raises(CompatError, match="not a loadable checkpoint"):
         register_model(_bad_checkpoint("pickle-trap", tmp_path, models), "prod")
     assert not (tmp_path / "trap-fired").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# 7. The example CI workflow
+# --------------------------------------------------------------------------------------------------
+
+
+def test_example_workflow_runs_the_gate_with_known_options() -> None:
+    import re
+
+    import yaml
+
+    from compat.cli import gate_command
+
+    text = (REPO / "examples" / "ci" / "compat-gate.yml").read_text(encoding="utf-8")
+    workflow = yaml.safe_load(text)
+    steps = workflow["jobs"]["gate"]["steps"]
+    (script,) = [s["run"] for s in steps if "compat gate" in s.get("run", "")]
+    known = {opt for p in gate_command.params for opt in p.opts}
+    used = set(re.findall(r"(?<![\w-])--[a-z][a-z-]+", script))
+    assert {"--old", "--new", "--dataset", "--promote", "--out"} <= used <= known
+    assert any(s.get("if") == "always()" and "gate-report" in str(s.get("with")) for s in steps)
+
+
+@pytest.mark.parametrize(("candidate", "code"), [("v2", 0), ("v3", 1)])
+def test_example_workflow_local_commands(tmp_path, candidate, code) -> None:
+    """The workflow's header promises: the shipped v2 passes against v1, the incompatible v3 fails."""
+    features = REPO / "examples" / "features"
+    result = invoke("--old", features / "v1.npz", "--new", features / f"{candidate}.npz", "--out", tmp_path / "out")
+    assert result.exit_code == code, (result.output, result.exception)

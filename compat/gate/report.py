@@ -120,7 +120,7 @@ def write_reports(
         raise CompatError(f"--out {out}: cannot write the gate reports ({exc})") from None
     moved: list[Path] = []
     try:
-        (tmp / JSON_NAME).write_text(json.dumps(document, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        (tmp / JSON_NAME).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
         (tmp / MARKDOWN_NAME).write_text(render_markdown(verdict, promotion), encoding="utf-8")
         for name in (JSON_NAME, MARKDOWN_NAME):
             os.replace(tmp / name, out / name)
