@@ -217,6 +217,18 @@ def test_undefined_resamples_only_widen_the_interval() -> None:
     assert (ci.low, ci.high) == (plain.low, plain.high)
 
 
+@pytest.mark.parametrize("protocol", ["loo", "template"])
+def test_retrieval_results_carry_per_query_values(sets, protocol) -> None:
+    result = RetrievalEvaluator(("cmc@1", "cmc@5", "map"), protocol=protocol).evaluate(sets["good"], sets["old"])
+    assert result.counted.shape == (N,) and result.counted.sum() == result.n_queries - result.n_without_positive
+    for metric, value in result.values.items():
+        per_query = result.per_query[metric]
+        assert per_query.shape == (N,) and per_query[result.counted].mean() == pytest.approx(value, abs=1e-12)
+    assert set(np.unique(result.per_query["cmc@1"])) <= {0.0, 1.0}
+    pairs = RetrievalEvaluator(protocol="pairs", pairs=50).evaluate(sets["good"], sets["old"])
+    assert pairs.per_query is None and pairs.counted is None
+
+
 # --------------------------------------------------------------------------------------------------
 # 2. The checks (library)
 # --------------------------------------------------------------------------------------------------
@@ -637,14 +649,21 @@ class _Pixels(nn.Module):
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory) -> dict[str, Path]:
+def pixels_backbone():
+    """The tiny backbone, registered for this module only (the registry is left as it was)."""
+    from compat.models import backbones
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(backbones._BACKBONES, BACKBONE, _Pixels)
+        yield BACKBONE
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, pixels_backbone) -> dict[str, Path]:
     """Model files over the tiny backbone: ``m0`` and its exact copy ``same``, and ``m1`` (other weights)."""
     from compat.models import build_model
-    from compat.models.backbones import list_backbones, register_backbone
     from compat.train import save_model
 
-    if BACKBONE not in list_backbones():
-        register_backbone(BACKBONE)(_Pixels)
     root = tmp_path_factory.mktemp("gate-models")
     spec = {"backbone": BACKBONE, "feature_dim": None, "head": "linear", "num_classes": 10}
     out = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,9 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     if not p.is_file():
         raise CompatError(f"{p}: no such checkpoint")
     try:
-        return torch.load(p, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # a foreign pickle protocol: refused or loaded, never worth a warning
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(p, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001  (torch raises UnpicklingError, RuntimeError, EOFError...)
         raise CompatError(f"{p}: not a loadable checkpoint ({_load_error(exc)})") from None
 
