@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from compat.errors import EXIT_BAD_INPUT, CompatError
+from compat.errors import EXIT_BAD_INPUT, EXIT_GATE_FAILED, CompatError
 
 __all__ = ["cli", "main"]
 
@@ -255,6 +255,88 @@ def extract_command(checkpoint: Path, dataset: str, split: str, data_root: str |
                           batch_size=batch_size, meta=meta)
     save_features(fs, out)
     click.echo(f"{fs.n} x {fs.dim} features written to {out}")
+
+
+@cli.command("gate")
+@click.option("--old", required=True, metavar="SOURCE",
+              help="Production model: features (.npz or .npy directory), a model file (.pt) or models:/NAME@ALIAS.")
+@click.option("--new", required=True, metavar="SOURCE", help="Candidate model, in any form that --old accepts.")
+@click.option("--chain", multiple=True, metavar="SOURCE",
+              help="An older gallery still in the index, oldest first (repeat); used by max_drop checks.")
+@click.option("--independent", default=None, metavar="SOURCE",
+              help="A model trained without compatibility: the reference of update_gain checks.")
+@click.option("--policy", "policy_path", type=click.Path(path_type=Path), default=None,
+              help="Gate policy YAML (default: the packaged configs/gate/default.yaml).")
+@click.option("--dataset", default=None, help="Dataset that model sources are embedded on (e.g. mnist, mnist-mini).")
+@click.option("--data-root", default=None, help="Directory holding the datasets.")
+@click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=512, show_default=True)
+@click.option("--protocol", type=click.Choice(["loo", "template"]), default="loo", show_default=True)
+@click.option("--similarity", type=click.Choice(["cosine", "l2"]), default="cosine", show_default=True)
+@click.option("--dim-policy", type=click.Choice(["error", "truncate", "pad"]), default="error", show_default=True)
+@click.option("--backend", type=click.Choice(["auto", "torch", "faiss"]), default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@click.option("--memory-budget", default="1GiB", show_default=True, help="Bound on score buffers, e.g. 512MiB.")
+@click.option("--n-resamples", type=click.IntRange(min=1), default=2000, show_default=True,
+              help="Bootstrap resamples per check.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap.")
+@click.option("--promote", "promote_name", default=None, metavar="NAME",
+              help="On a pass, register the candidate (model file or models:/ URI) as NAME and move @champion to it.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("gate-report"), show_default=True)
+@_fail_cleanly
+def gate_command(old: str, new: str, chain: tuple[str, ...], independent: str | None, policy_path: Path | None,
+                 dataset: str | None, data_root: str | None, split: str, batch_size: int, protocol: str,
+                 similarity: str, dim_policy: str, backend: str, device: str, memory_budget: str, n_resamples: int,
+                 seed: int, promote_name: str | None, out: Path) -> None:
+    """Decide whether the NEW model may replace the OLD one and query its gallery.
+
+    Exit code 0: every required check of the policy passed; 1: one failed; 2: bad input.
+    Writes gate.json and gate.md under --out, and appends gate.md to $GITHUB_STEP_SUMMARY when set.
+    """
+    from compat.gate import (
+        ExtractionSpec,
+        SourceKind,
+        append_step_summary,
+        load_policy,
+        load_source,
+        promote,
+        render_markdown,
+        run_gate,
+        source_kind,
+        write_reports,
+    )
+    from compat.retrieval.evaluator import RetrievalEvaluator
+
+    if promote_name is not None and source_kind(new) is SourceKind.FEATURES:
+        raise CompatError(f"--promote: the candidate {new} is a feature set; promotion needs a model file (.pt) "
+                          "or a models:/ URI as --new")
+    policy = load_policy(policy_path)
+    evaluator = RetrievalEvaluator(policy.metrics, protocol=protocol, similarity=similarity, backend=backend,
+                                   device=device, memory_budget=memory_budget)
+    extraction = None
+    if dataset is not None:
+        extraction = ExtractionSpec(dataset, data_root, split, device=evaluator.device, batch_size=batch_size)
+    old_fs = load_source(old, option="--old", extraction=extraction)
+    new_fs = load_source(new, option="--new", extraction=extraction)
+    chain_fs = [load_source(src, option="--chain", extraction=extraction) for src in chain]
+    ind_fs = load_source(independent, option="--independent", extraction=extraction) if independent else None
+    verdict = run_gate(old_fs, new_fs, policy, chain=chain_fs, independent=ind_fs, evaluator=evaluator,
+                       dim_policy=dim_policy, n_resamples=n_resamples, seed=seed)
+    promotion = None
+    if verdict.passed and promote_name is not None:
+        tags = {"compat.gate": "passed", **{f"compat.gate.{c.name}": f"{c.value}" for c in verdict.checks
+                                            if c.value is not None}}
+        promotion = promote(promote_name, new, tags=tags).to_json()
+    write_reports(verdict, out, promotion=promotion)
+    markdown = render_markdown(verdict, promotion)
+    click.echo(markdown, nl=False)
+    try:
+        append_step_summary(markdown)
+    except CompatError as exc:
+        click.echo(f"compat: warning: {exc}", err=True)
+    click.echo(f"gate {'passed' if verdict.passed else 'FAILED'}; reports written to {out}/")
+    if not verdict.passed:
+        sys.exit(EXIT_GATE_FAILED)
 
 
 def _describe(fs: Any) -> dict[str, object]:

@@ -14,7 +14,7 @@ Queries with no positive in the gallery are excluded from every average and coun
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 import numpy as np
@@ -82,11 +82,20 @@ def parse_metrics(names: tuple[str, ...] | list[str]) -> tuple[Metric, ...]:
 
 @dataclass(frozen=True)
 class RetrievalResult:
-    """One evaluation cell: metric name -> value in [0, 1], and how many queries counted."""
+    """One evaluation cell: metric name -> value in [0, 1], and how many queries counted.
+
+    ``per_query`` and ``counted`` (ranking protocols only; ``None`` for pair verification) hold the
+    values behind the averages, in the order of the queries given: metric name -> (Nq,) float64
+    per-query value (CMC hit 0/1, AP, AP@R or reciprocal rank), and the (Nq,) boolean mask of the
+    queries with a positive, over which ``values`` are the means. They let a caller pair two cells
+    query by query (the gate's bootstrap intervals).
+    """
 
     values: dict[str, float]
     n_queries: int
     n_without_positive: int
+    per_query: dict[str, np.ndarray] | None = field(default=None, compare=False, repr=False)
+    counted: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def __getitem__(self, metric: str) -> float:
         return self.values[metric]

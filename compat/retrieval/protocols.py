@@ -73,7 +73,13 @@ def _cmc_hits(first_rank: np.ndarray, metrics: tuple[Metric, ...]) -> dict[str, 
 def _result(per_query: dict[str, np.ndarray], has_pos: np.ndarray, metrics: tuple[Metric, ...]) -> RetrievalResult:
     n_eval = int(has_pos.sum())
     values = {m.name: (float(per_query[m.name][has_pos].mean()) if n_eval else 0.0) for m in metrics}
-    return RetrievalResult(values=values, n_queries=len(has_pos), n_without_positive=len(has_pos) - n_eval)
+    return RetrievalResult(
+        values=values,
+        n_queries=len(has_pos),
+        n_without_positive=len(has_pos) - n_eval,
+        per_query={m.name: per_query[m.name] for m in metrics},
+        counted=has_pos,
+    )
 
 
 def leave_one_out(

@@ -95,10 +95,19 @@ def save_model(path: Path, model: EmbeddingModel, spec: dict[str, Any]) -> Path:
 def load_model(path: str | Path, *, device: str = "cpu") -> EmbeddingModel:
     """Rebuild a model saved by :func:`save_model` (loaded with ``weights_only=True``)."""
     state = load_checkpoint(path, map_location=device)
-    if "spec" not in state or "model" not in state:
+    if not isinstance(state, dict) or "spec" not in state or "model" not in state:
         raise CompatError(f"{path}: not a compat model file (expected keys 'model' and 'spec')")
-    model = build_model(**state["spec"])
-    model.load_state_dict(state["model"])
+    if not isinstance(state["spec"], dict) or not isinstance(state["model"], dict):
+        raise CompatError(f"{path}: 'spec' and 'model' must be mappings (model arguments, state dict)")
+    try:
+        model = build_model(**state["spec"])
+    except TypeError as exc:
+        raise CompatError(f"{path}: field 'spec' does not describe a compat model ({exc})") from None
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise CompatError(f"{path}: field 'model': the weights do not fit the model in 'spec' ({first})") from None
     return model.to(device).eval()
 
 

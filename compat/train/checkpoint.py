@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,21 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     if not p.is_file():
         raise CompatError(f"{p}: no such checkpoint")
     try:
-        return torch.load(p, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # a foreign pickle protocol: refused or loaded, never worth a warning
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(p, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001  (torch raises UnpicklingError, RuntimeError, EOFError...)
-        raise CompatError(f"{p}: not a loadable checkpoint ({type(exc).__name__}: {exc})") from None
+        raise CompatError(f"{p}: not a loadable checkpoint ({_load_error(exc)})") from None
+
+
+def _load_error(exc: Exception) -> str:
+    """One line saying why ``torch.load(weights_only=True)`` failed, without torch's multi-line advice
+    (which suggests loading with ``weights_only=False``: never for a file from elsewhere)."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        detail = next((line.strip() for line in text.split(marker, 1)[1].splitlines() if line.strip()), "")
+        detail = detail.split(". Please use", 1)[0].rstrip(".")
+        return f"weights-only loading refused it: {detail}; only tensors and plain containers are loaded"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

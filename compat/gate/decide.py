@@ -1,0 +1,342 @@
+"""The gate's decision: evaluate the cells a policy needs, pair them query by query, bootstrap each check.
+
+``M(q, g)`` is a metric of the queries of model q against the gallery of model g. The models are
+labelled ``old`` (production), ``new`` (the candidate), ``independent`` (a model trained without
+compatibility, optional) and ``chain[i]`` (galleries older than production still in the index,
+oldest first). Cells are paired by query id: a check uses the queries that have a positive in every
+cell it involves, so all its cells are averages over the same queries.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from compat.compatibility.matrix import DimPolicy, apply_dim_policy
+from compat.errors import CompatError
+from compat.features import FeatureSet
+from compat.gate.bootstrap import DEFAULT_RESAMPLES, Interval, Statistic, bootstrap_ci
+from compat.gate.policy import CheckKind, CheckSpec, GatePolicy
+from compat.retrieval.evaluator import Protocol, RetrievalEvaluator
+from compat.retrieval.metrics import RetrievalResult
+from compat.retrieval.protocols import match_ids
+
+__all__ = ["CheckResult", "GateVerdict", "run_gate"]
+
+logger = logging.getLogger(__name__)
+
+OLD, NEW, INDEPENDENT = "old", "new", "independent"
+
+
+def _finite_or_none(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """The outcome of one check.
+
+    Attributes:
+        name, kind, metric, required, threshold: from the policy.
+        rule: how the interval decides, e.g. ``"ci_low > threshold"``.
+        value: the statistic over the paired queries; ``None`` when undefined.
+        ci_low, ci_high: the bootstrap interval; ``None`` when undefined resamples reach a bound.
+        passed: the verdict of this check (``None`` when skipped).
+        n_queries: queries paired across the check's cells.
+        cells: ``"q/g"`` -> M(q, g) over those queries.
+        details: per-gallery drops for ``max_drop``.
+        note: why a check was skipped or is undefined.
+    """
+
+    name: str
+    kind: CheckKind
+    metric: str
+    required: bool
+    threshold: float
+    rule: str
+    value: float | None
+    ci_low: float | None
+    ci_high: float | None
+    passed: bool | None
+    n_queries: int = 0
+    cells: dict[str, float] = field(default_factory=dict)
+    details: list[dict[str, Any]] = field(default_factory=list)
+    note: str = ""
+
+    @property
+    def skipped(self) -> bool:
+        return self.passed is None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": self.name,
+            "kind": self.kind.value,
+            "metric": self.metric,
+            "value": self.value,
+            "ci_low": self.ci_low,
+            "ci_high": self.ci_high,
+            "threshold": self.threshold,
+            "rule": self.rule,
+            "required": self.required,
+            "passed": self.passed,
+            "skipped": self.skipped,
+            "n_queries": self.n_queries,
+            "cells": self.cells,
+        }
+        if self.details:
+            out["details"] = self.details
+        if self.note:
+            out["note"] = self.note
+        return out
+
+
+@dataclass(frozen=True)
+class GateVerdict:
+    """Everything the gate decided.
+
+    Attributes:
+        passed: every required check passed.
+        checks: in the policy's order.
+        inputs: label -> description (source, size, meta) of each feature set used.
+        protocol, similarity, confidence, n_resamples, seed: how it was measured.
+    """
+
+    passed: bool
+    checks: tuple[CheckResult, ...]
+    inputs: dict[str, dict[str, Any]]
+    protocol: str
+    similarity: str
+    confidence: float
+    n_resamples: int
+    seed: int
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``gate.json`` document."""
+        return {
+            "passed": self.passed,
+            "checks": [c.to_json() for c in self.checks],
+            "confidence": self.confidence,
+            "n_resamples": self.n_resamples,
+            "seed": self.seed,
+            "protocol": self.protocol,
+            "similarity": self.similarity,
+            "inputs": self.inputs,
+        }
+
+    @property
+    def failed(self) -> list[CheckResult]:
+        """Required checks that did not pass."""
+        return [c for c in self.checks if c.required and c.passed is False]
+
+
+class _Cells:
+    """Evaluates (query model, gallery model) cells once each, under one dimension policy."""
+
+    def __init__(self, models: dict[str, FeatureSet], evaluator: RetrievalEvaluator, dim_policy: DimPolicy):
+        self.models, self.evaluator, self.dim_policy = models, evaluator, dim_policy
+        self._cache: dict[tuple[str, str], RetrievalResult] = {}
+
+    def get(self, q: str, g: str) -> RetrievalResult:
+        key = (q, g)
+        if key not in self._cache:
+            query, gallery = self.models[q], self.models[g]
+            where = f"cell {q} on {g} ({query.source} on {gallery.source})"
+            qf, gf = apply_dim_policy(query.features, gallery.features, self.dim_policy, where=where)
+            result = self.evaluator.evaluate_arrays(
+                qf, query.labels, query.ids, gf, gallery.labels, gallery.ids, where=where
+            )
+            logger.info("%s on %s: %s", q, g, result.values)
+            self._cache[key] = result
+        return self._cache[key]
+
+    def paired(self, cells: Sequence[tuple[str, str]], metric: str, check: str) -> tuple[np.ndarray, np.ndarray]:
+        """(N, len(cells)) per-query values of ``metric``, one row per query id counted in every cell.
+
+        Returns:
+            The columns and the (N,) query ids of the rows.
+        """
+        results = [self.get(q, g) for q, g in cells]
+        kinds = {self.models[q].ids.dtype.kind for q, _ in cells}
+        if len(kinds) > 1:
+            sources = ", ".join(f"{q}: {self.models[q].source}" for q, _ in dict.fromkeys(cells))
+            raise CompatError(
+                f"check {check!r}: item ids are integers in some feature sets and strings in others ({sources}); "
+                "queries are paired by id"
+            )
+        counted = [self.models[q].ids[r.counted] for (q, _), r in zip(cells, results, strict=True)]
+        common = functools.reduce(np.intersect1d, counted)
+        if len(common) == 0:
+            names = ", ".join(f"{q} on {g}" for q, g in cells)
+            raise CompatError(
+                f"check {check!r}: no query id has a positive in every cell ({names}); the versions must "
+                "share their evaluation items (same ids)"
+            )
+        columns = []
+        for (q, _), result in zip(cells, results, strict=True):
+            rows = match_ids(common, self.models[q].ids, required=True, where=f"check {check!r}")
+            columns.append(result.per_query[metric][rows])
+        return np.stack(columns, axis=1), common
+
+
+def _difference(means: np.ndarray) -> np.ndarray:
+    return means[:, 0] - means[:, 1]
+
+
+def _update_gain(means: np.ndarray) -> np.ndarray:
+    gain, room = means[:, 0] - means[:, 1], means[:, 2] - means[:, 1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(room > 0, gain / room, np.nan)
+
+
+def _max_drop(means: np.ndarray) -> np.ndarray:
+    return (means[:, 0::2] - means[:, 1::2]).max(axis=1)
+
+
+def _cells_of(spec: CheckSpec, older: Sequence[str]) -> tuple[list[tuple[str, str]], Statistic]:
+    """The cells a check compares, in the column order its statistic expects."""
+    if spec.kind is CheckKind.COMPATIBILITY:
+        return [(NEW, OLD), (OLD, OLD)], _difference
+    if spec.kind is CheckKind.IMPROVEMENT:
+        return [(NEW, NEW), (OLD, OLD)], _difference
+    if spec.kind is CheckKind.UPDATE_GAIN:
+        return [(NEW, OLD), (OLD, OLD), (INDEPENDENT, INDEPENDENT)], _update_gain
+    return [cell for g in older for cell in ((OLD, g), (NEW, g))], _max_drop
+
+
+def _decide(spec: CheckSpec, ci: Interval) -> bool:
+    if spec.kind is CheckKind.MAX_DROP:
+        return bool(ci.high <= spec.threshold)
+    if not math.isfinite(ci.value):
+        return False
+    if spec.kind is CheckKind.UPDATE_GAIN:
+        return bool(ci.low >= spec.threshold)
+    return bool(ci.low > spec.threshold)
+
+
+def _describe(fs: FeatureSet) -> dict[str, Any]:
+    return {"source": fs.source, "n": fs.n, "dim": fs.dim, "meta": fs.meta}
+
+
+def run_gate(
+    old: FeatureSet,
+    new: FeatureSet,
+    policy: GatePolicy,
+    *,
+    chain: Sequence[FeatureSet] = (),
+    independent: FeatureSet | None = None,
+    evaluator: RetrievalEvaluator | None = None,
+    dim_policy: DimPolicy | str = DimPolicy.ERROR,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+) -> GateVerdict:
+    """Decide whether ``new`` may replace ``old`` under ``policy``.
+
+    Args:
+        old: features of the production model (its gallery is the index).
+        new: features of the candidate, over the same items (ids).
+        policy: the checks.
+        chain: features of older galleries still in the index, oldest first (``max_drop``).
+        independent: features of a model trained without compatibility (``update_gain``); without
+            it an ``update_gain`` check is skipped, or is an error when required.
+        evaluator: configured retrieval (protocol ``loo`` or ``template``, similarity, backend);
+            default: leave-one-out, cosine, with the policy's metrics. It must compute them all.
+        dim_policy: when feature sizes differ: ``error``, ``truncate`` or ``pad``.
+        n_resamples: bootstrap resamples per check.
+        seed: seed of the bootstrap.
+
+    Raises:
+        CompatError: bad input (sizes, ids, a metric the evaluator does not compute, a required
+            check without its input).
+    """
+    try:
+        dims = DimPolicy(dim_policy)
+    except ValueError:
+        raise CompatError(f"dim_policy: unknown value {dim_policy!r}; expected error, truncate or pad") from None
+    evaluator = evaluator or RetrievalEvaluator(policy.metrics)
+    if evaluator.protocol is Protocol.PAIRS:
+        raise CompatError("protocol: the gate needs per-query values; use protocol loo or template, not pairs")
+    missing = [m for m in policy.metrics if m not in evaluator.metric_names]
+    if missing:
+        raise CompatError(f"evaluator: it does not compute {', '.join(missing)}, which the policy's checks use")
+    for spec in policy.checks:
+        if spec.kind is CheckKind.UPDATE_GAIN and spec.required and independent is None:
+            raise CompatError(
+                f"policy check {spec.label!r}: a required update_gain check needs the features of an "
+                "independently trained model (--independent)"
+            )
+    older = [f"chain[{i}]" for i in range(len(chain))] + [OLD]
+    models = {OLD: old, NEW: new, **dict(zip(older[:-1], chain, strict=True))}
+    if independent is not None:
+        models[INDEPENDENT] = independent
+    cells = _Cells(models, evaluator, dims)
+    results = []
+    for spec in policy.checks:
+        if spec.kind is CheckKind.UPDATE_GAIN and independent is None:
+            results.append(
+                CheckResult(
+                    spec.label,
+                    spec.kind,
+                    spec.metric,
+                    spec.required,
+                    spec.threshold,
+                    spec.kind.rule,
+                    None,
+                    None,
+                    None,
+                    None,
+                    note="skipped: needs --independent features",
+                )
+            )
+            continue
+        results.append(_run_check(spec, cells, older, policy.confidence, n_resamples, seed))
+    passed = all(c.passed for c in results if c.required)
+    return GateVerdict(
+        passed=passed,
+        checks=tuple(results),
+        inputs={label: _describe(fs) for label, fs in models.items()},
+        protocol=evaluator.protocol.value,
+        similarity=evaluator.similarity.value,
+        confidence=policy.confidence,
+        n_resamples=n_resamples,
+        seed=seed,
+    )
+
+
+def _run_check(
+    spec: CheckSpec, cells: _Cells, older: list[str], confidence: float, n_resamples: int, seed: int
+) -> CheckResult:
+    pairs, statistic = _cells_of(spec, older)
+    columns, _ = cells.paired(pairs, spec.metric, spec.label)
+    ci = bootstrap_ci(columns, statistic, n_resamples=n_resamples, confidence=confidence, seed=seed)
+    means = columns.mean(axis=0)
+    details: list[dict[str, Any]] = []
+    note = ""
+    if spec.kind is CheckKind.MAX_DROP:
+        for k, g in enumerate(older):
+            details.append(
+                {"gallery": g, "source": cells.models[g].source, "drop": float(means[2 * k] - means[2 * k + 1])}
+            )
+    if not math.isfinite(ci.value):
+        note = "undefined: the independent model is no better than the production model"
+    return CheckResult(
+        name=spec.label,
+        kind=spec.kind,
+        metric=spec.metric,
+        required=spec.required,
+        threshold=spec.threshold,
+        rule=spec.kind.rule,
+        value=_finite_or_none(ci.value),
+        ci_low=_finite_or_none(ci.low),
+        ci_high=_finite_or_none(ci.high),
+        passed=_decide(spec, ci),
+        n_queries=ci.n,
+        cells={f"{q}/{g}": float(m) for (q, g), m in zip(pairs, means, strict=True)},
+        details=details,
+        note=note,
+    )

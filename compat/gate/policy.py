@@ -1,0 +1,150 @@
+"""Gate policies: which checks decide whether a candidate model may replace the production model.
+
+A policy is a YAML file (read with ``yaml.safe_load``) validated into a frozen :class:`GatePolicy`;
+unknown keys and wrong types are errors that name the file and the key. The default policy ships
+with the package (``compat/gate/default.yaml``, the same file as ``configs/gate/default.yaml``).
+"""
+
+from __future__ import annotations
+
+import math
+from enum import Enum
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from compat.errors import CompatError
+from compat.retrieval.metrics import parse_metric
+
+__all__ = ["DEFAULT_POLICY", "CheckKind", "CheckSpec", "GatePolicy", "load_policy"]
+
+DEFAULT_POLICY = Path(__file__).with_name("default.yaml")
+
+
+class CheckKind(str, Enum):
+    """What a check measures (``M(q, g)``: queries of model q against the gallery of model g).
+
+    ``compatibility``: ``M(new, old) - M(old, old)``, the empirical compatibility criterion.
+    ``improvement``: ``M(new, new) - M(old, old)``, what the upgrade brings once backfilled.
+    ``update_gain``: ``(M(new, old) - M(old, old)) / (M(ind, ind) - M(old, old))``, the share of an
+    independently trained model's improvement that the candidate reaches without backfilling.
+    ``max_drop``: ``max_g M(old, g) - M(new, g)`` over every gallery older than the candidate (the
+    production gallery and any older ones of the chain): the worst loss a search suffers when the
+    candidate's queries replace the production model's.
+    """
+
+    COMPATIBILITY = "compatibility"
+    IMPROVEMENT = "improvement"
+    UPDATE_GAIN = "update_gain"
+    MAX_DROP = "max_drop"
+
+    @property
+    def rule(self) -> str:
+        """How the confidence interval decides the check (ties never pass a strict rule)."""
+        if self is CheckKind.MAX_DROP:
+            return "ci_high <= threshold"
+        if self is CheckKind.UPDATE_GAIN:
+            return "ci_low >= threshold"
+        return "ci_low > threshold"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CheckSpec(_Strict):
+    """One check of a policy.
+
+    Args:
+        kind: what is measured (:class:`CheckKind`).
+        metric: ``cmc@K``, ``map`` or ``map@r``; values are fractions in [0, 1].
+        threshold: a difference of fractions (``compatibility``, ``improvement``), a gain ratio
+            (``update_gain``) or the largest drop allowed (``max_drop``, >= 0).
+        required: a failing required check fails the gate; others are reported only.
+        name: unique within the policy; default ``"<kind> <metric>"``.
+    """
+
+    kind: CheckKind
+    metric: str = "cmc@1"
+    threshold: float
+    required: bool = True
+    name: str | None = None
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, value: str) -> str:
+        metric = parse_metric(value)  # a CompatError is a ValueError: pydantic reports it with the key
+        if metric.kind.value == "acc":
+            raise ValueError(f"{value!r} is a pair-verification metric; the gate needs cmc@K, map or map@r")
+        return metric.name
+
+    @field_validator("threshold")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError(f"expected a finite number, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> CheckSpec:
+        if self.kind is CheckKind.MAX_DROP and self.threshold < 0:
+            raise ValueError(f"max_drop: threshold is the largest drop allowed, expected >= 0, got {self.threshold}")
+        if self.name is not None and not self.name.strip():
+            raise ValueError("name: expected a non-empty name")
+        return self
+
+    @property
+    def label(self) -> str:
+        return self.name or f"{self.kind.value} {self.metric}"
+
+
+class GatePolicy(_Strict):
+    """A validated gate policy.
+
+    Args:
+        confidence: level of the bootstrap intervals (default 0.95).
+        checks: at least one; their names must be unique.
+    """
+
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+    checks: list[CheckSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique(self) -> GatePolicy:
+        seen: set[str] = set()
+        for check in self.checks:
+            if check.label in seen:
+                raise ValueError(f"check name {check.label!r} is used twice")
+            seen.add(check.label)
+        return self
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """The metrics the checks need, in order of first use."""
+        return tuple(dict.fromkeys(c.metric for c in self.checks))
+
+
+def load_policy(path: str | Path | None = None) -> GatePolicy:
+    """Read and validate a policy file (``None``: the default policy).
+
+    Raises:
+        CompatError: the file is missing or not YAML, or a key is unknown or has a wrong value (the
+            message names the file and the key).
+    """
+    p = DEFAULT_POLICY if path is None else Path(path)
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise CompatError(f"{p}: cannot read the gate policy ({exc.strerror or exc})") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise CompatError(f"{p}: not valid YAML ({' '.join(str(exc).split())})") from None
+    if not isinstance(raw, dict):
+        raise CompatError(f"{p}: a gate policy must be a mapping with a 'checks' list")
+    try:
+        return GatePolicy.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(x) for x in err["loc"]) or "(policy)"
+        what = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        raise CompatError(f"{p}: {key}: {' '.join(str(what).split())}") from None

@@ -1,0 +1,158 @@
+"""The gate's reports: ``gate.json`` and ``gate.md``, written all or nothing, and the CI step summary."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from compat.errors import CompatError
+from compat.gate.decide import CheckResult, GateVerdict
+from compat.gate.policy import CheckKind
+
+__all__ = ["JSON_NAME", "MARKDOWN_NAME", "append_step_summary", "render_markdown", "write_reports"]
+
+JSON_NAME = "gate.json"
+MARKDOWN_NAME = "gate.md"
+
+
+def _md(text: str) -> str:
+    return str(text).replace("|", "\\|")
+
+
+def _fmt(check: CheckResult, x: float | None, *, bound: str = "") -> str:
+    """Differences of fractions as signed percentage points, gains as ratios; undefined as n/a."""
+    if x is None:
+        return {"low": "-inf", "high": "+inf"}.get(bound, "n/a")
+    if check.kind is CheckKind.UPDATE_GAIN:
+        return f"{x:.3f}"
+    return f"{100 * x:+.2f} pp"
+
+
+def _verdict(check: CheckResult) -> str:
+    if check.passed is None:
+        return "skipped"
+    if check.passed:
+        return "✓ pass"
+    return "✗ fail" if check.required else "✗ fail (not required)"
+
+
+_BOUND = {"ci_low": "lower bound", "ci_high": "upper bound"}
+_OP = {">": ">", ">=": "≥", "<=": "≤"}
+
+
+def _threshold(check: CheckResult) -> str:
+    bound, op, _ = check.rule.split()
+    return f"{_BOUND[bound]} {_OP[op]} {_fmt(check, check.threshold)}"
+
+
+def render_markdown(verdict: GateVerdict, promotion: Mapping[str, Any] | None = None) -> str:
+    """The ``gate.md`` report: the verdict, one table row per check, the cells behind each check."""
+    head = "PASSED ✓" if verdict.passed else "FAILED ✗"
+    level = round(100 * verdict.confidence)
+    setting = (
+        f"Candidate `{_md(verdict.inputs['new']['source'])}` against production "
+        f"`{_md(verdict.inputs['old']['source'])}` · protocol {verdict.protocol} · {verdict.similarity} · "
+        f"{level}% paired bootstrap intervals over queries ({verdict.n_resamples} resamples, seed {verdict.seed})"
+    )
+    lines = [
+        f"## compat gate: {head}",
+        "",
+        setting,
+        "",
+        f"| check | metric | value | {level}% interval | passes when | required | result |",
+        "|---|---|---:|---|---|---|---|",
+    ]
+    for c in verdict.checks:
+        interval = "–" if c.skipped else f"[{_fmt(c, c.ci_low, bound='low')}, {_fmt(c, c.ci_high, bound='high')}]"
+        lines.append(
+            f"| {_md(c.name)} | {c.metric} | {_fmt(c, c.value) if not c.skipped else '–'} | {interval} | "
+            f"{_threshold(c)} | {'yes' if c.required else 'no'} | {_verdict(c)} |"
+        )
+    lines.append("")
+    for c in verdict.checks:
+        if c.skipped:
+            lines.append(f"- **{_md(c.name)}**: {_md(c.note)}")
+            continue
+        cells = ", ".join(f"M({k.replace('/', ', ')}) = {100 * v:.2f}" for k, v in c.cells.items())
+        text = f"- **{_md(c.name)}** ({c.kind.value}, {c.n_queries} paired queries): {_md(cells)}"
+        if c.note:
+            text += f"; {_md(c.note)}"
+        lines.append(text)
+    lines += ["", "M(q, g): queries of model q against the gallery of model g, in percent."]
+    if promotion:
+        lines += [
+            "",
+            f"Promoted: `models:/{_md(promotion['name'])}/{promotion['version']}` is now "
+            f"`@{promotion['alias']}`"
+            + (
+                f" (the previous champion, version {promotion['previous']}, is `@previous`)."
+                if promotion.get("previous")
+                else "."
+            ),
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(
+    verdict: GateVerdict, out_dir: str | os.PathLike[str], *, promotion: Mapping[str, Any] | None = None
+) -> list[Path]:
+    """Write ``gate.json`` and ``gate.md`` into ``out_dir``, all or nothing.
+
+    Args:
+        verdict: what the gate decided.
+        out_dir: created if needed; existing gate reports are replaced.
+        promotion: registry promotion to record (``name``, ``version``, ``alias``, ``previous``).
+
+    Returns:
+        The two paths.
+    """
+    out = Path(out_dir)
+    document = verdict.to_json() | ({"promotion": dict(promotion)} if promotion else {})
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".gate-tmp-", dir=out))
+    except OSError as exc:
+        raise CompatError(f"--out {out}: cannot write the gate reports ({exc})") from None
+    moved: list[Path] = []
+    try:
+        (tmp / JSON_NAME).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        (tmp / MARKDOWN_NAME).write_text(render_markdown(verdict, promotion), encoding="utf-8")
+        for name in (JSON_NAME, MARKDOWN_NAME):
+            os.replace(tmp / name, out / name)
+            moved.append(out / name)
+    except BaseException:
+        for p in moved:
+            p.unlink(missing_ok=True)
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return moved
+
+
+def append_step_summary(markdown: str, environ: Mapping[str, str] | None = None) -> Path | None:
+    """Append ``markdown`` to the file named by ``$GITHUB_STEP_SUMMARY``, when that is set.
+
+    Returns:
+        The file appended to, or ``None`` when the variable is unset or empty.
+
+    Raises:
+        CompatError: the file cannot be written.
+    """
+    env = os.environ if environ is None else environ
+    target = env.get("GITHUB_STEP_SUMMARY", "").strip()
+    if not target:
+        return None
+    path = Path(target)
+    try:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(markdown if markdown.endswith("\n") else markdown + "\n")
+    except OSError as exc:
+        raise CompatError(
+            f"GITHUB_STEP_SUMMARY {path}: cannot append the gate report ({exc.strerror or exc})"
+        ) from None
+    return path
