@@ -1,7 +1,8 @@
 """Training throughput of each method against ``independent``: same backbone, same batch, same process.
 
 Each method runs the real training step (forward, the frozen old model's forward when the method
-needs one, its loss, backward, optimiser step) on fixed MNIST-shaped batches; methods are
+needs one per batch, a lookup of cached old / teacher features when it caches them, its loss,
+backward, optimiser step) on fixed MNIST-shaped batches; methods are
 interleaved over ``--repeat`` rounds and the best round is kept. Prints images/s and the time ratio
 to ``independent`` (what matters: the cost of compatibility).
 
@@ -45,24 +46,35 @@ def main() -> None:
     for name in ["independent"] + [m for m in list_methods() if m != "independent"]:
         method = build_method(name)
         feature_dim = args.classes - 1 if method.head == "simplex" else 128
+        extra = {"to_add_dim": 32} if method.needs_teacher else {}  # BT^2: 128 + 32 coordinates
         model = build_model(args.backbone, feature_dim=feature_dim, head=method.head, num_classes=args.classes,
-                            backbone_kwargs=kwargs).to(args.device)
+                            backbone_kwargs=kwargs, **extra).to(args.device)
         old = None
         if method.needs_old_model:
             old = build_model(args.backbone, feature_dim=feature_dim, head=method.head, num_classes=args.classes,
                               backbone_kwargs=kwargs).to(args.device).eval()
             for p in old.parameters():
                 p.requires_grad_(False)
-        method.prepare(n_old_classes=args.classes // 2, n_new_classes=args.classes // 2, old_model=old)
-        runs[name] = (model, method, old, build_optimizer(model, TrainConfig()))
+        # Cached features (BCT, L2, BT^2) are looked up, as the trainer does: computed once per version.
+        with torch.no_grad():
+            cached_old = old.embed(images) if old is not None else None
+        method.prepare(n_old_classes=args.classes // 2, n_new_classes=args.classes // 2, old_model=old,
+                       old_classes=list(range(args.classes // 2)), old_train_features=cached_old,
+                       train_labels=labels)
+        runs[name] = (model, method, old, build_optimizer(model, TrainConfig()), cached_old)
 
-    def step(model, method, old, optimizer) -> None:
+    def step(model, method, old, optimizer, cached_old) -> None:
         out = model(images)
-        old_features = None
-        if old is not None:
+        old_features = teacher = None
+        if method.old_features == "batch":
             with torch.no_grad():
                 old_features = old.embed(images)
-        loss = method.loss(out.features, out.logits, labels, old_features=old_features, from_memory=memory)
+        elif method.old_features == "cached" and old is not None:
+            old_features = cached_old[torch.arange(len(labels))]
+        if method.needs_teacher:
+            teacher = cached_old[torch.arange(len(labels))]
+        loss = method.loss(out.features, out.logits, labels, old_features=old_features, from_memory=memory,
+                           teacher_features=teacher, head_features=out.head_features)
         backward_step(loss.total, optimizer)
 
     best = {name: float("inf") for name in runs}
