@@ -317,3 +317,19 @@ def test_bct_across_an_architecture_change(tmp_path):
     assert result.exit_code == 0, result.output
     again = json.loads((tmp_path / "ev" / "compat.json").read_text())
     assert again["metrics"] == json.loads((out / "compat.json").read_text())["metrics"]
+
+
+def test_model_files_never_name_a_file_to_read(tmp_path):
+    from compat.train.chain import load_model, save_model
+    from compat.train.checkpoint import save_checkpoint
+
+    spec = {"backbone": "mlp", "feature_dim": 4, "head": "linear", "num_classes": 3,
+            "backbone_kwargs": {"hidden": 8}}
+    model = build_model(**spec)
+    path = save_model(tmp_path / "m.pt", model, {**spec, "backbone_kwargs": {"hidden": 8, "pretrained": "/x.pt"}})
+    assert "pretrained" not in torch.load(path, weights_only=True)["spec"]["backbone_kwargs"]
+    # A hostile file that names one anyway: the path is ignored, nothing is read from it.
+    save_checkpoint(tmp_path / "h.pt", {"model": model.state_dict(), "spec": {
+        **spec, "backbone": "resnet18", "backbone_kwargs": {"pretrained": str(tmp_path / "missing.pt")}}})
+    with pytest.raises(CompatError, match="weights do not fit"):
+        load_model(tmp_path / "h.pt")

@@ -88,8 +88,18 @@ def plan_versions(recipe: Recipe, labels: np.ndarray) -> list[VersionPlan]:
 
 
 def save_model(path: Path, model: EmbeddingModel, spec: dict[str, Any]) -> Path:
-    """Final weights and the arguments of :func:`compat.models.build_model` that rebuild the model."""
-    return save_checkpoint(path, {"model": model.state_dict(), "spec": spec})
+    """Final weights and the arguments of :func:`compat.models.build_model` that rebuild the model.
+
+    A ``pretrained`` backbone file is not recorded: its weights are in the state dict already.
+    """
+    return save_checkpoint(path, {"model": model.state_dict(), "spec": _without_pretrained(spec)})
+
+
+def _without_pretrained(spec: dict[str, Any]) -> dict[str, Any]:
+    kwargs = spec.get("backbone_kwargs")
+    if not isinstance(kwargs, dict) or "pretrained" not in kwargs:
+        return spec
+    return {**spec, "backbone_kwargs": {k: v for k, v in kwargs.items() if k != "pretrained"}}
 
 
 def load_model(path: str | Path, *, device: str = "cpu") -> EmbeddingModel:
@@ -100,7 +110,8 @@ def load_model(path: str | Path, *, device: str = "cpu") -> EmbeddingModel:
     if not isinstance(state["spec"], dict) or not isinstance(state["model"], dict):
         raise CompatError(f"{path}: 'spec' and 'model' must be mappings (model arguments, state dict)")
     try:
-        model = build_model(**state["spec"])
+        # A model file never makes us read another file: a pretrained path in it is ignored.
+        model = build_model(**_without_pretrained(state["spec"]))
     except TypeError as exc:
         raise CompatError(f"{path}: field 'spec' does not describe a compat model ({exc})") from None
     try:
