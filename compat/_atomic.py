@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "umask"]
+__all__ = ["atomic_path", "umask", "write_all_or_nothing"]
 
 
 def umask() -> int:
@@ -33,3 +34,30 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_all_or_nothing(out_dir: Path, writers: Mapping[str, Callable[[Path], object]]) -> list[Path]:
+    """Write several files into ``out_dir`` so that either all of them are replaced or none is.
+
+    Each writer gets a temporary path (in a temporary directory inside ``out_dir``: same
+    filesystem, writable whenever ``out_dir`` is) and writes its file there; the files are then
+    renamed into place. On any failure the files already moved are removed and the error raised.
+
+    Returns:
+        The final paths, in the order of ``writers``.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix=".compat-tmp-", dir=out_dir))
+    moved: list[Path] = []
+    try:
+        for name, write in writers.items():
+            write(tmp / name)
+        for name in writers:
+            os.replace(tmp / name, out_dir / name)
+            moved.append(out_dir / name)
+    except BaseException:
+        for p in moved:
+            p.unlink(missing_ok=True)
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return moved

@@ -69,7 +69,7 @@ def _metrics(report: CompatibilityReport) -> dict[str, float]:
     return out
 
 
-def _experiment_id(client, name: str | None) -> str:
+def experiment_id_for(client, name: str | None) -> str:
     name = name or os.environ.get("MLFLOW_EXPERIMENT_NAME")
     if not name:
         return os.environ.get("MLFLOW_EXPERIMENT_ID", "0")
@@ -109,7 +109,7 @@ def log_evaluation(
     if parent is not None:
         experiment_id, tags = parent.info.experiment_id, {MLFLOW_PARENT_RUN_ID: parent.info.run_id}
     else:
-        experiment_id, tags = _experiment_id(client, experiment), {}
+        experiment_id, tags = experiment_id_for(client, experiment), {}
     run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
     try:
         now = int(time.time() * 1000)

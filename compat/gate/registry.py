@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from compat.errors import CompatError
+from compat.tracking import experiment_id_for
 
 __all__ = [
     "ARTIFACT_DIR",
@@ -202,7 +203,7 @@ def register_model(
     _check_name(name)
     client = _client(tracking_uri)
     with _registry_errors(f"registered model {name!r}"):
-        experiment_id = _experiment_id(client, experiment)
+        experiment_id = experiment_id_for(client, experiment)
         run = client.create_run(experiment_id, run_name=f"register {name}", tags={"compat.model_file": str(p)})
         run_id = run.info.run_id
         try:
@@ -237,14 +238,6 @@ def _staged_model(p: Path) -> Iterator[Path]:
 def _check_name(name: str) -> None:
     if not name or not str(name).strip() or "/" in name or "@" in name:
         raise CompatError(f"registered model name {name!r}: expected a non-empty name without '/' or '@'")
-
-
-def _experiment_id(client, name: str | None) -> str:
-    name = name or os.environ.get("MLFLOW_EXPERIMENT_NAME")
-    if not name:
-        return os.environ.get("MLFLOW_EXPERIMENT_ID", "0")
-    experiment = client.get_experiment_by_name(name)
-    return experiment.experiment_id if experiment is not None else client.create_experiment(name)
 
 
 def _ensure_registered(client, name: str) -> None:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from compat._atomic import write_all_or_nothing
 from compat.errors import CompatError
 from compat.gate.decide import CheckResult, GateVerdict
 from compat.gate.policy import CheckKind
@@ -115,23 +114,12 @@ def write_reports(
     document = verdict.to_json() | ({"promotion": dict(promotion)} if promotion else {})
     try:
         out.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".gate-tmp-", dir=out))
+        return write_all_or_nothing(out, {
+            JSON_NAME: lambda p: p.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8"),
+            MARKDOWN_NAME: lambda p: p.write_text(render_markdown(verdict, promotion), encoding="utf-8"),
+        })
     except OSError as exc:
         raise CompatError(f"--out {out}: cannot write the gate reports ({exc})") from None
-    moved: list[Path] = []
-    try:
-        (tmp / JSON_NAME).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-        (tmp / MARKDOWN_NAME).write_text(render_markdown(verdict, promotion), encoding="utf-8")
-        for name in (JSON_NAME, MARKDOWN_NAME):
-            os.replace(tmp / name, out / name)
-            moved.append(out / name)
-    except BaseException:
-        for p in moved:
-            p.unlink(missing_ok=True)
-        raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return moved
 
 
 def append_step_summary(markdown: str, environ: Mapping[str, str] | None = None) -> Path | None:
