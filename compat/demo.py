@@ -70,8 +70,15 @@ class DemoSettings:
 
         if self.method not in DEMO_METHODS:
             raise CompatError(f"method: unknown demo method {self.method!r}; expected one of {', '.join(DEMO_METHODS)}")
-        if self.n_resamples < 1:
-            raise CompatError(f"n_resamples: expected a positive integer, got {self.n_resamples}")
+        if not 0 < self.old_fraction < self.new_fraction <= 1:
+            raise CompatError(f"old_fraction, new_fraction: expected 0 < old_fraction < new_fraction <= 1, got "
+                              f"{self.old_fraction} and {self.new_fraction}")
+        for name, value, low in (("epochs", self.epochs, 1), ("batch_size", self.batch_size, 2),
+                                 ("n_resamples", self.n_resamples, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise CompatError(f"{name}: expected an integer >= {low}, got {value!r}")
+        if not self.lr > 0:
+            raise CompatError(f"lr: expected a positive learning rate, got {self.lr}")
         raw = {
             "name": f"demo-{self.method}",
             "seed": seed,
