@@ -96,9 +96,10 @@ def _table(out: Path) -> dict[str, list[str]]:
     return rows
 
 
-def test_compare_runs_reads_directories_backfill_and_mlflow(runs, tmp_path, tmp_mlflow):
+def test_compare_runs_reads_directories_backfill_and_mlflow(runs, tmp_path, tmp_mlflow, monkeypatch):
     from compat.tracking import log_evaluation
 
+    monkeypatch.chdir(tmp_path)  # MLflow's default artifact root (./mlruns) stays in tmp_path
     evaluator = RetrievalEvaluator(("cmc@1", "map"))
     report = evaluate_chain([Version(f"v{k}", fs) for k, fs in enumerate(_versions((1.5, 1.2, 0.9)))], evaluator)
     files = write_reports(report, tmp_path / "tracked")
