@@ -351,7 +351,7 @@ def gate_command(old: str, new: str, chain: tuple[str, ...], independent: str | 
 def demo_command(out: Path, seed: int, device: str, method: str, quiet: bool) -> None:
     """Train an old model, an independent and a compatible new one on the bundled MNIST subset; gate both.
 
-    Offline, about a minute on 2 CPU cores. Prints both compatibility matrices side by side and the gate's
+    Offline, a few minutes at most on 2 CPU cores. Prints both compatibility matrices side by side and the gate's
     verdict on each candidate (default policy). Exit code 0 when the gate refuses the independent model and
     passes the compatible one, 1 otherwise.
     """

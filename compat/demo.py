@@ -1,4 +1,4 @@
-"""The offline demo: why a compatible model can replace the old one without backfilling, in a minute.
+"""The offline demo: why a compatible model can replace the old one without backfilling the gallery.
 
 On the MNIST subset that ships with the package (``mnist-mini``), :func:`run_demo` trains
 

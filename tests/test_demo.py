@@ -1,6 +1,6 @@
 """``compat demo`` and :func:`compat.demo.run_demo` on a reduced training budget.
 
-The real demo trains three models for about a minute; here the CLI runs once with the library's
+The real demo trains three models for a minute or more; here the CLI runs once with the library's
 ``run_demo`` wrapped so that it trains on a sliver of mnist-mini for one epoch (the wrapper records
 the settings the CLI asked for, which must be the defaults), and once more through the library to
 check that the reports are reproducible. Only the structure of the verdicts is checked on this budget.
