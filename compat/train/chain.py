@@ -101,11 +101,12 @@ def _model_spec(recipe: Recipe, version: int, num_classes: int, head: str) -> di
     override = recipe.versions[version] if version < len(recipe.versions) else None
     backbone = (override.backbone if override and override.backbone else None) or m.backbone
     num_vertices = m.num_vertices if head == "simplex" else None
-    feature_dim = m.feature_dim
+    feature_dim = override.feature_dim if override and override.feature_dim is not None else m.feature_dim
     if head == "simplex" and feature_dim is None:
         feature_dim = (num_vertices or num_classes) - 1
+    kwargs = override.backbone_kwargs if override and override.backbone_kwargs is not None else m.backbone_kwargs
     return {"backbone": backbone, "feature_dim": feature_dim, "head": head, "num_classes": num_classes,
-            "num_vertices": num_vertices, "backbone_kwargs": dict(m.backbone_kwargs)}
+            "num_vertices": num_vertices, "backbone_kwargs": dict(kwargs)}
 
 
 def train_chain(
