@@ -360,7 +360,7 @@ def train_command(recipe: Path, overrides: tuple[str, ...], data_root: str | Non
         from compat.adapters.stage import run_adapter_stage
 
         stage = run_adapter_stage(cfg, report.versions, out=out, device=resolve_device(device), data_root=data_root,
-                                  resume=resume)
+                                  resume=resume, track=track, experiment=experiment)
         click.echo(stage.summary_md.read_text(encoding="utf-8"))
         click.echo(f"adapters and their reports written to {out / 'adapters'}/")
 

@@ -245,7 +245,7 @@ def test_adapter_loading_validates_tensors_and_metadata(tmp_path):
         "unknown key": broken("key.npz", meta=np.array(json.dumps({**meta, "extra": 1}))),
         "unexpected array": broken("extra.npz", **{"forward.0.weight": np.eye(8, dtype=np.float32)}),
     }
-    for what, p in cases.items():
+    for p in cases.values():
         with pytest.raises(CompatError, match=str(p)):
             load_adapter(p)
     with pytest.raises(CompatError, match=".npz"):

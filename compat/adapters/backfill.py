@@ -157,6 +157,7 @@ def backfill_curve(
     order: np.ndarray,
     ordering: str,
     betas: Sequence[float],
+    ends: tuple[dict[str, float], dict[str, float]] | None = None,
 ) -> BackfillCurve:
     """Evaluate the queries against the gallery backfilled in ``order`` at every ``beta``.
 
@@ -170,6 +171,8 @@ def backfill_curve(
         order: (N,) permutation from :func:`backfill_order`.
         ordering: name recorded in the result.
         betas: fractions in [0, 1].
+        ends: the metrics of the whole ``before`` and whole ``after`` galleries, when already
+            known (they do not depend on the ordering): used at beta = 0 and beta = 1.
     """
     n = len(before)
     values: dict[str, list[float]] = {m: [] for m in evaluator.metric_names}
@@ -177,10 +180,13 @@ def backfill_curve(
         if not 0.0 <= beta <= 1.0:
             raise CompatError(f"backfill grid: fractions must lie in [0, 1], got {beta}")
         k = round(float(beta) * n)
-        gallery = mix_gallery(before, after, order[:k])
-        result = evaluator.evaluate_arrays(queries, query_labels, query_ids, gallery, gallery_labels, gallery_ids,
-                                           where=f"backfill {ordering} beta={beta:.2f}")
+        if ends is not None and k in (0, n):
+            known = ends[0] if k == 0 else ends[1]
+        else:
+            gallery = mix_gallery(before, after, order[:k])
+            known = evaluator.evaluate_arrays(queries, query_labels, query_ids, gallery, gallery_labels, gallery_ids,
+                                              where=f"backfill {ordering} beta={beta:.2f}").values
         for m, curve in values.items():
-            curve.append(result.values[m])
+            curve.append(known[m])
     area = {m: trapezoid_area(betas, v) for m, v in values.items()}
     return BackfillCurve(ordering, tuple(float(b) for b in betas), values, area)

@@ -210,7 +210,10 @@ def evaluate_with_adapters(
     """
     adapters = dict(adapters or {})
     by_cell = _check_pairs(versions, adapters)
-    policy = DimPolicy(dim_policy)
+    try:
+        policy = DimPolicy(dim_policy)
+    except ValueError:
+        raise CompatError(f"dim_policy: unknown value {dim_policy!r}; expected error, truncate or pad") from None
 
     def transform(cell: Cell, query: np.ndarray, gallery: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         adapter = by_cell.get((cell.i, cell.j))
@@ -282,12 +285,15 @@ def _matched_rows(old: FeatureSet, new: FeatureSet, where: str) -> np.ndarray:
 def _curves(evaluator: RetrievalEvaluator, queries: np.ndarray, qfs: FeatureSet, before: np.ndarray,
             after: np.ndarray, gfs: FeatureSet, orderings, betas, seed: int) -> tuple[BackfillCurve, ...]:
     out = []
+    ends = None
     for ordering in orderings:
         order = backfill_order(ordering, before, gfs.labels, seed=seed)
         name = ordering.value
         out.append(backfill_curve(evaluator, queries=queries, query_labels=qfs.labels, query_ids=qfs.ids,
                                   before=before, after=after, gallery_labels=gfs.labels, gallery_ids=gfs.ids,
-                                  order=order, ordering=name, betas=betas))
+                                  order=order, ordering=name, betas=betas, ends=ends))
+        # the whole-before and whole-after galleries do not depend on the ordering: measured once
+        ends = ({m: v[0] for m, v in out[-1].values.items()}, {m: v[-1] for m, v in out[-1].values.items()})
         logger.info("backfill %s: area %s", name, out[-1].area)
     return tuple(out)
 

@@ -72,7 +72,7 @@ class AdapterConfig:
     alpha: float = DEFAULT_ALPHA
     forward: ForwardKind = ForwardKind.MLP
     hidden: int = 256
-    epochs: int = 20
+    epochs: int = 10
     batch_size: int = 256
     lr: float = 1e-3
     w_forward: float = 1.0

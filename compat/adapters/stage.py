@@ -105,7 +105,8 @@ def _train_features(recipe, name: str, out: Path, *, device: str, data_root: str
 
 
 def run_adapter_stage(recipe, versions: list[str] | tuple[str, ...], *, out: Path, device: str = "cpu",
-                      data_root: str | None = None, resume: bool = False) -> AdapterStageResult:
+                      data_root: str | None = None, resume: bool = False, track: bool = False,
+                      experiment: str | None = None) -> AdapterStageResult:
     """Train, save and evaluate the recipe's adapters (the chain must have been trained under ``out``).
 
     Args:
@@ -114,10 +115,13 @@ def run_adapter_stage(recipe, versions: list[str] | tuple[str, ...], *, out: Pat
         out: the directory ``train_chain`` wrote.
         device: for feature extraction and adapter training.
         data_root: overrides ``recipe.data.root``.
-        resume: reuse adapter files already under ``out/adapters``.
+        resume: reuse adapter files already under ``out/adapters`` that were trained with the
+            same settings.
+        track, experiment: log each adapted evaluation to MLflow (run ``adapters-<name>``).
     """
     from compat.compatibility.matrix import Version
     from compat.retrieval.evaluator import RetrievalEvaluator
+    from compat.tracking import log_evaluation, tracking_enabled
 
     if recipe.adapters is None:
         raise CompatError("recipe: no 'adapters' section")
@@ -139,9 +143,11 @@ def run_adapter_stage(recipe, versions: list[str] | tuple[str, ...], *, out: Pat
         paths: dict[tuple[str, str], str] = {}
         for new, old in pairs:
             path = out / "adapters" / f"{new}-{old}-{label}.npz"
-            if resume and path.is_file():
-                adapter = load_adapter(path)
-            else:
+            adapter = load_adapter(path) if resume and path.is_file() else None
+            if adapter is not None and not _same_training(adapter, cfg):
+                logger.info("%s: trained with other settings; training it again", path)
+                adapter = None
+            if adapter is None:
                 logger.info("training adapter %s for %s -> %s", label, new, old)
                 adapter = fit_adapter(train[new], train[old], cfg, new_version=new, old_version=old, device=device)
                 save_adapter(adapter, path)
@@ -149,14 +155,24 @@ def run_adapter_stage(recipe, versions: list[str] | tuple[str, ...], *, out: Pat
         adapted = evaluate_with_adapters(chain, evaluator, adapters, paths=paths, dim_policy=e.dim_policy,
                                          backfill=section.backfill, backfill_points=section.backfill_points,
                                          seed=recipe.seed)
-        write_adapted_reports(adapted, out / "adapters" / label)
+        files = write_adapted_reports(adapted, out / "adapters" / label)
         reports[label] = adapted
+        if tracking_enabled(track):
+            inputs = {f"{n}:{o}": {k: v for k, v in a.info.to_json().items() if k != "training"}
+                      for (n, o), a in adapters.items()}
+            log_evaluation(adapted.report, inputs=inputs, files=files, run_name=f"adapters-{label}",
+                           experiment=experiment)
     summary = summarize_stage(reports)
     json_path, md_path = out / "adapters" / "summary.json", out / "adapters" / "summary.md"
     for path, text in ((json_path, json.dumps(summary, indent=2) + "\n"), (md_path, render_summary(summary))):
         with atomic_path(path) as tmp:
             tmp.write_text(text, encoding="utf-8")
     return AdapterStageResult(reports, json_path, md_path)
+
+
+def _same_training(adapter: Adapter, cfg: AdapterConfig) -> bool:
+    stored = adapter.info.training
+    return all(stored.get(k) == v for k, v in cfg.to_json().items())
 
 
 def summarize_stage(reports: dict[str, AdaptedChainReport]) -> dict:
