@@ -48,6 +48,21 @@ class NamedPath(click.ParamType):
         return name, Path(path)
 
 
+class AdapterPath(click.ParamType):
+    """``NEW:OLD=PATH``."""
+
+    name = "NEW:OLD=PATH"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, str, Path]:
+        if isinstance(value, tuple):
+            return value
+        pair, sep, path = str(value).partition("=")
+        new, colon, old = pair.partition(":")
+        if not sep or not colon or not new or not old or ":" in old or not path:
+            self.fail(f"{value!r} is not NEW:OLD=PATH (e.g. v2:v1=adapters/v2-v1.npz)", param, ctx)
+        return new, old, Path(path)
+
+
 def _unique_names(pairs: tuple[tuple[str, Path], ...], option: str) -> None:
     seen: set[str] = set()
     for name, _ in pairs:
@@ -81,6 +96,23 @@ def cli(verbose: int) -> None:
     multiple=True,
     help="Separate query features for a version: NAME=FEATURES. Default: the gallery itself.",
 )
+@click.option(
+    "--adapter",
+    "adapters",
+    type=AdapterPath(),
+    multiple=True,
+    help="An adapter file from 'compat adapt': B maps NEW's queries before they search OLD's gallery.",
+)
+@click.option(
+    "--backfill",
+    "backfill",
+    multiple=True,
+    type=click.Choice(["random", "farthest", "uncertainty"]),
+    help="Draw the partial-backfill curve with this ordering (repeatable), for every adapted pair "
+    "(without adapters: the newest upgrade).",
+)
+@click.option("--backfill-points", type=click.IntRange(min=2), default=11, show_default=True,
+              help="Points of the backfill grid, beta from 0 to 1.")
 @click.option(
     "--protocol",
     type=click.Choice(["loo", "template", "pairs"]),
@@ -131,6 +163,9 @@ def cli(verbose: int) -> None:
 def eval_command(
     versions: tuple[tuple[str, Path], ...],
     queries: tuple[tuple[str, Path], ...],
+    adapters: tuple[tuple[str, str, Path], ...],
+    backfill: tuple[str, ...],
+    backfill_points: int,
     protocol: str,
     metrics: tuple[str, ...],
     similarity: str,
@@ -149,7 +184,7 @@ def eval_command(
 ) -> None:
     """Evaluate a chain of versions: every version's queries against every older gallery.
 
-    Writes compat.json, compat.md and compat.png under --out.
+    Writes compat.json, compat.md and compat.png under --out (and backfill.png with --backfill).
     """
     from compat.compatibility.matrix import Version, evaluate_chain
     from compat.compatibility.report import render_markdown, write_reports
@@ -179,12 +214,16 @@ def eval_command(
         for name, path in versions
     ]
     reference = load_features(independent) if independent is not None else None
-    report = evaluate_chain(chain, evaluator, dim_policy=dim_policy, strict=not ties_pass, independent=reference)
-    try:
-        files = write_reports(report, out)
-    except OSError as exc:
-        raise CompatError(f"--out {out}: cannot write the reports ({exc})") from None
-    click.echo(render_markdown(report))
+    if adapters or backfill:
+        report, files = _eval_adapted(chain, evaluator, adapters, backfill, backfill_points, seed=seed,
+                                      dim_policy=dim_policy, strict=not ties_pass, independent=reference, out=out)
+    else:
+        report = evaluate_chain(chain, evaluator, dim_policy=dim_policy, strict=not ties_pass, independent=reference)
+        try:
+            files = write_reports(report, out)
+        except OSError as exc:
+            raise CompatError(f"--out {out}: cannot write the reports ({exc})") from None
+        click.echo(render_markdown(report))
     click.echo(f"reports written to {out}/")
 
     from compat.tracking import log_evaluation, tracking_enabled
@@ -196,6 +235,95 @@ def eval_command(
                 inputs[f"{v.name}.query"] = _describe(v.query)
         run_id = log_evaluation(report, inputs=inputs, files=files, experiment=experiment)
         click.echo(f"MLflow run {run_id}")
+
+
+def _eval_adapted(chain, evaluator, adapters, backfill, backfill_points, *, seed, dim_policy, strict, independent,
+                  out):
+    """``compat eval`` with adapters and / or backfill curves; returns the chain report and the files written."""
+    from compat.adapters import evaluate_with_adapters, load_adapter
+    from compat.adapters.report import render_adapter_markdown, write_adapted_reports
+    from compat.compatibility.report import render_markdown
+
+    loaded, paths = {}, {}
+    for new, old, path in adapters:
+        if (new, old) in loaded:
+            raise CompatError(f"--adapter: the pair {new}:{old} is given twice")
+        loaded[(new, old)] = load_adapter(path)
+        paths[(new, old)] = str(path)
+    adapted = evaluate_with_adapters(chain, evaluator, loaded, paths=paths, dim_policy=dim_policy, strict=strict,
+                                     independent=independent, backfill=backfill, backfill_points=backfill_points,
+                                     seed=seed)
+    try:
+        files = write_adapted_reports(adapted, out)
+    except OSError as exc:
+        raise CompatError(f"--out {out}: cannot write the reports ({exc})") from None
+    click.echo(render_markdown(adapted.report))
+    click.echo(render_adapter_markdown(adapted))
+    return adapted.report, files
+
+
+@cli.command("adapt")
+@click.option("--old", "old_path", type=click.Path(path_type=Path), required=True,
+              help="Old model's features of the training items (.npz or .npy directory).")
+@click.option("--new", "new_path", type=click.Path(path_type=Path), required=True,
+              help="New model's features of the same items (matched by id).")
+@click.option("--kind", type=click.Choice(["perp", "lambda", "procrustes"]), default="perp", show_default=True,
+              help="Backward adapter B: exactly orthogonal, affine with the lambda regulariser, or closed form.")
+@click.option("--lambda", "lam", type=float, default=12.0, show_default=True,
+              help="lambda kind: radius around orthogonality left free (0 soft orthogonality, inf none).")
+@click.option("--alpha", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Steepness of the lambda switch (default 10).")
+@click.option("--forward", type=click.Choice(["mlp", "affine", "none"]), default="mlp", show_default=True,
+              help="Forward adapter F (old -> the space of B(new)).")
+@click.option("--hidden", type=click.IntRange(min=1), default=256, show_default=True, help="Hidden width of the MLP F.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Passes over the features (default 10).")
+@click.option("--batch-size", type=click.IntRange(min=2), default=256, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True, help="Adam.")
+@click.option("--w-forward", type=click.FloatRange(min=0), default=1.0, show_default=True, help="w1, weight of L_F.")
+@click.option("--w-backward", type=click.FloatRange(min=0), default=1.0, show_default=True, help="w2, weight of L_B.")
+@click.option("--w-contrastive", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="w3, weight of the supervised contrastive term L_C.")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Of the contrastive term (default 0.1).")
+@click.option("--init", type=click.Choice(["procrustes", "identity"]), default="procrustes", show_default=True,
+              help="Starting B for perp and lambda.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--new-name", default=None, help="Version name of NEW stored in the adapter (default: its meta).")
+@click.option("--old-name", default=None, help="Version name of OLD stored in the adapter (default: its meta).")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Adapter file to write (.npz).")
+@_fail_cleanly
+def adapt_command(old_path: Path, new_path: Path, kind: str, lam: float, alpha: float | None, forward: str,
+                  hidden: int, epochs: int | None, batch_size: int, lr: float, w_forward: float, w_backward: float,
+                  w_contrastive: float, temperature: float | None, init: str, seed: int, new_name: str | None,
+                  old_name: str | None, device: str, out: Path) -> None:
+    """Train adapters between two frozen models on their features of the same items.
+
+    B maps NEW's features to OLD's space (so new queries can search the old gallery); F maps OLD's
+    features to the space of B(NEW) (to upgrade the stored gallery without re-running images).
+    """
+    from compat.adapters import AdapterConfig, fit_adapter, save_adapter
+    from compat.features import load_features
+
+    if out.suffix != ".npz":
+        raise CompatError(f"--out {out}: an adapter file must end in .npz")
+    defaults = AdapterConfig()
+    cfg = AdapterConfig(kind=kind, lam=lam, alpha=alpha or defaults.alpha, forward=forward, hidden=hidden,
+                        epochs=epochs or defaults.epochs, batch_size=batch_size, lr=lr, w_forward=w_forward,
+                        w_backward=w_backward, w_contrastive=w_contrastive,
+                        temperature=temperature or defaults.temperature, init=init, seed=seed)
+    old, new = load_features(old_path), load_features(new_path)
+    adapter = fit_adapter(new, old, cfg, new_version=new_name, old_version=old_name, device=device)
+    try:
+        save_adapter(adapter, out)
+    except OSError as exc:
+        raise CompatError(f"--out {out}: cannot write the adapter ({exc})") from None
+    info = adapter.info
+    losses = ", ".join(f"{k} {v:.4f}" for k, v in info.training.get("final_losses", {}).items())
+    click.echo(f"{info.label} adapter {info.new_version or 'new'} -> {info.old_version or 'old'}: "
+               f"{info.new_dim}-d -> {info.old_dim}-d space ({info.dim}-d maps), F {info.forward.value}, "
+               f"{info.training['items']} items" + (f"; final losses: {losses}" if losses else ""))
+    click.echo(f"adapter written to {out}")
 
 
 @cli.command("train")
@@ -213,7 +341,10 @@ def eval_command(
 @_fail_cleanly
 def train_command(recipe: Path, overrides: tuple[str, ...], data_root: str | None, out: Path | None, device: str,
                   resume: bool, track: bool, experiment: str | None, quiet: bool) -> None:
-    """Train every version of RECIPE, extract their features and evaluate the chain."""
+    """Train every version of RECIPE, extract their features and evaluate the chain.
+
+    With an 'adapters' section, then train adapters between the frozen versions and evaluate them.
+    """
     from compat.compatibility.report import render_markdown
     from compat.retrieval.knn import resolve_device
     from compat.train import load_recipe, train_chain
@@ -225,6 +356,13 @@ def train_command(recipe: Path, overrides: tuple[str, ...], data_root: str | Non
     if report is not None:
         click.echo(render_markdown(report))
         click.echo(f"checkpoints, features and reports written to {out}/")
+    if report is not None and cfg.adapters is not None:
+        from compat.adapters.stage import run_adapter_stage
+
+        stage = run_adapter_stage(cfg, report.versions, out=out, device=resolve_device(device), data_root=data_root,
+                                  resume=resume, track=track, experiment=experiment)
+        click.echo(stage.summary_md.read_text(encoding="utf-8"))
+        click.echo(f"adapters and their reports written to {out / 'adapters'}/")
 
 
 @cli.command("extract")

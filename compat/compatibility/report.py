@@ -11,6 +11,7 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -186,16 +187,26 @@ def plot_heatmaps(report: CompatibilityReport, path: Path) -> None:
     fig.savefig(path, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
 
 
-def write_reports(report: CompatibilityReport, out_dir: Path, *, extra_json: dict | None = None) -> list[Path]:
+def write_reports(
+    report: CompatibilityReport,
+    out_dir: Path,
+    *,
+    extra_json: dict | None = None,
+    extra_markdown: str | None = None,
+    extra_files: dict[str, Callable[[Path], None]] | None = None,
+) -> list[Path]:
     """Write ``compat.json``, ``compat.md`` and ``compat.png`` into ``out_dir``, all or nothing.
 
     Args:
         report: the chain evaluation.
         out_dir: created if needed; existing report files are replaced.
         extra_json: top-level keys merged into ``compat.json`` (the DESIGN.md schema when ``None``).
+        extra_markdown: appended to ``compat.md`` (e.g. the adapter and backfill sections).
+        extra_files: file name -> function writing that file to the path it is given (e.g. a
+            backfill plot); written and moved in with the three reports.
 
     Returns:
-        The paths of the three files, in the order above.
+        The paths of the three files, in the order above, then the extra files.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -206,9 +217,12 @@ def write_reports(report: CompatibilityReport, out_dir: Path, *, extra_json: dic
     try:
         document = report.to_json() | (extra_json or {})
         (tmp / JSON_NAME).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-        (tmp / MARKDOWN_NAME).write_text(render_markdown(report), encoding="utf-8")
+        markdown = render_markdown(report) + ("\n" + extra_markdown if extra_markdown else "")
+        (tmp / MARKDOWN_NAME).write_text(markdown, encoding="utf-8")
         plot_heatmaps(report, tmp / HEATMAP_NAME)
-        for name in (JSON_NAME, MARKDOWN_NAME, HEATMAP_NAME):
+        for name, write in (extra_files or {}).items():
+            write(tmp / name)
+        for name in (JSON_NAME, MARKDOWN_NAME, HEATMAP_NAME, *(extra_files or {})):
             os.replace(tmp / name, out_dir / name)
             moved.append(out_dir / name)
     except BaseException:

@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from compat.errors import CompatError
 
 __all__ = [
+    "AdapterSpec",
+    "AdaptersConfig",
     "DataConfig",
     "EvalConfig",
     "MethodConfig",
@@ -121,6 +123,38 @@ class EvalConfig(_Strict):
     independent_reference: bool = False
 
 
+class AdapterSpec(_Strict):
+    """One backward adapter to train: ``perp``, ``lambda`` (radius ``lam``) or ``procrustes``."""
+
+    kind: Literal["perp", "lambda", "procrustes"] = "perp"
+    name: str | None = None
+    lam: float | None = None
+    init: Literal["procrustes", "identity"] | None = None
+
+
+class AdaptersConfig(_Strict):
+    """Adapters trained on the chain's frozen models (compat.adapters); ``null``: the adapter default.
+
+    ``pairs``: ``"NEW:OLD"`` version names (default: each version onto the one before it).
+    Adapters train on the features of the training split and are evaluated on the eval split.
+    """
+
+    pairs: list[str] | None = None
+    backward: list[AdapterSpec] = Field(default_factory=lambda: [AdapterSpec()])
+    forward: Literal["mlp", "affine", "none"] | None = None
+    hidden: int | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    w_forward: float | None = None
+    w_backward: float | None = None
+    w_contrastive: float | None = None
+    temperature: float | None = None
+    alpha: float | None = None
+    backfill: list[Literal["random", "farthest", "uncertainty"]] = Field(default_factory=list)
+    backfill_points: int = 11
+
+
 class Recipe(_Strict):
     name: str
     seed: int = 0
@@ -130,6 +164,7 @@ class Recipe(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     versions: list[VersionConfig] = Field(default_factory=list)
+    adapters: AdaptersConfig | None = None
 
     def resolved(self) -> dict[str, Any]:
         """The recipe as a plain dict with every default filled in."""

@@ -1,0 +1,323 @@
+"""A version chain evaluated with adapters, plus the adapter cells and the backfill curves.
+
+With an adapter for the upgrade ``new -> old``, the chain's cell (new, old) is ``B(new)`` queries
+against the untouched old gallery: the question the compatibility criterion asks of a deployed
+adapter. Each adapted pair also gets the cells
+
+=================  =============================================================================
+``old/old``        the old model against its own gallery
+``new/new``        the new model against its own, fully re-extracted gallery
+``new/old``        raw new queries against the old gallery (the dimension policy, ``truncate``
+                   when it is ``error``: the adapter itself truncates)
+``B(new)/old``     the adapted queries against the old gallery (the matrix cell)
+``B(new)/F(old)``  against the old gallery upgraded by the forward adapter (when there is one)
+``B(new)/B(new)``  against the gallery re-extracted by the new model and mapped by ``B``
+=================  =============================================================================
+
+and, when asked, backfill curves from ``B(new)/F(old)`` (or ``B(new)/old``) at ``beta = 0`` to
+``B(new)/B(new)`` at ``beta = 1``. Without adapters, backfill curves are drawn for the newest
+upgrade with raw features (new queries; old gallery items replaced by new ones).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from compat.adapters.adapter import Adapter, AdapterInfo
+from compat.adapters.backfill import (
+    BackfillCurve,
+    Ordering,
+    backfill_curve,
+    backfill_order,
+    beta_grid,
+    parse_ordering,
+)
+from compat.compatibility.matrix import (
+    Cell,
+    CompatibilityReport,
+    DimPolicy,
+    Version,
+    apply_dim_policy,
+    evaluate_chain,
+)
+from compat.errors import CompatError
+from compat.features import FeatureSet
+from compat.retrieval.evaluator import RetrievalEvaluator
+
+__all__ = ["AdaptedChainReport", "AdapterCells", "BackfillResult", "evaluate_with_adapters"]
+
+logger = logging.getLogger(__name__)
+
+OLD_OLD, NEW_NEW, NEW_OLD = "old/old", "new/new", "new/old"
+B_OLD, B_F, B_B = "B(new)/old", "B(new)/F(old)", "B(new)/B(new)"
+# Cells compared with old/old by the compatibility criterion.
+CROSS_CELLS = (NEW_OLD, B_OLD, B_F)
+
+
+def _pair_key(new: str, old: str) -> str:
+    return f"{new}:{old}"
+
+
+@dataclass(frozen=True)
+class AdapterCells:
+    """The cells of one adapted upgrade.
+
+    Attributes:
+        new, old: version names.
+        info: the adapter's kinds and sizes.
+        path: the adapter file, when it came from one.
+        cells: cell name -> metric -> value (names above; ``B(new)/F(old)`` only with F).
+        raw_dim_policy: the dimension policy of the raw ``new/old`` cell.
+        strict: ties fail the criterion.
+    """
+
+    new: str
+    old: str
+    info: AdapterInfo
+    path: str | None
+    cells: dict[str, dict[str, float]]
+    raw_dim_policy: str
+    strict: bool = True
+
+    def passes(self, cell: str, metric: str) -> bool:
+        """The compatibility criterion of ``cell`` against ``old/old``."""
+        a, b = self.cells[cell][metric], self.cells[OLD_OLD][metric]
+        return bool(a > b) if self.strict else bool(a >= b)
+
+    def retention(self, metric: str) -> float | None:
+        """``B(new)/B(new)`` over ``new/new``: what the adapted space keeps of the new model."""
+        base = self.cells[NEW_NEW][metric]
+        return None if base == 0 else self.cells[B_B][metric] / base
+
+    def to_json(self) -> dict:
+        metrics = list(self.cells[OLD_OLD])
+        return {
+            "new": self.new,
+            "old": self.old,
+            "path": self.path,
+            "adapter": self.info.to_json(),
+            "raw_dim_policy": self.raw_dim_policy,
+            "cells": self.cells,
+            "ecc": {m: {c: self.passes(c, m) for c in CROSS_CELLS if c in self.cells} for m in metrics},
+            "retention": {m: self.retention(m) for m in metrics},
+        }
+
+
+@dataclass(frozen=True)
+class BackfillResult:
+    """Backfill curves of one upgrade.
+
+    Attributes:
+        new, old: version names.
+        adapter: the adapter's label (``perp``, ``lambda=12``, ...) or None for raw features.
+        start, end: the cells at beta = 0 and beta = 1 (e.g. ``B(new)/F(old)``, ``B(new)/B(new)``).
+        curves: one per ordering.
+    """
+
+    new: str
+    old: str
+    adapter: str | None
+    start: str
+    end: str
+    curves: tuple[BackfillCurve, ...]
+
+    @property
+    def betas(self) -> tuple[float, ...]:
+        return self.curves[0].betas
+
+    def to_json(self) -> dict:
+        return {
+            "new": self.new,
+            "old": self.old,
+            "adapter": self.adapter,
+            "start": self.start,
+            "end": self.end,
+            "betas": list(self.betas),
+            "orderings": {c.ordering: c.to_json() for c in self.curves},
+        }
+
+
+@dataclass(frozen=True)
+class AdaptedChainReport:
+    """The chain's report (adapted cells in its matrices) with the adapter cells and backfill curves."""
+
+    report: CompatibilityReport
+    adapters: tuple[AdapterCells, ...] = ()
+    backfill: tuple[BackfillResult, ...] = field(default_factory=tuple)
+
+    def extra_json(self) -> dict:
+        """Keys added to ``compat.json`` next to the DESIGN.md schema: ``adapters`` and ``backfill``."""
+        out: dict = {}
+        if self.adapters:
+            out["adapters"] = {_pair_key(a.new, a.old): a.to_json() for a in self.adapters}
+        if self.backfill:
+            out["backfill"] = {_pair_key(b.new, b.old): b.to_json() for b in self.backfill}
+        return out
+
+
+def _index(names: Sequence[str], name: str, what: str) -> int:
+    if name not in names:
+        raise CompatError(f"{what}: {name!r} is not one of the versions ({', '.join(names)})")
+    return list(names).index(name)
+
+
+def _check_pairs(versions: Sequence[Version], adapters: Mapping[tuple[str, str], Adapter]) -> dict[tuple[int, int], Adapter]:
+    names = [v.name for v in versions]
+    by_cell: dict[tuple[int, int], Adapter] = {}
+    for (new, old), adapter in adapters.items():
+        where = f"adapter {new}:{old}"
+        i, j = _index(names, new, where), _index(names, old, where)
+        if j >= i:
+            raise CompatError(f"{where}: NEW must be a newer version than OLD (versions are given oldest first)")
+        for fs in (versions[i].gallery, versions[i].queries):
+            adapter.check_dims(fs.dim, versions[j].gallery.dim, where=f"{where} ({fs.source})")
+        by_cell[(i, j)] = adapter
+    return by_cell
+
+
+def evaluate_with_adapters(
+    versions: Sequence[Version],
+    evaluator: RetrievalEvaluator,
+    adapters: Mapping[tuple[str, str], Adapter] | None = None,
+    *,
+    paths: Mapping[tuple[str, str], str] | None = None,
+    dim_policy: DimPolicy | str = DimPolicy.ERROR,
+    strict: bool = True,
+    independent: FeatureSet | None = None,
+    backfill: Sequence[Ordering | str] = (),
+    backfill_points: int = 11,
+    seed: int = 0,
+) -> AdaptedChainReport:
+    """Evaluate a chain whose upgrades may go through adapters.
+
+    Args:
+        versions: oldest first.
+        evaluator: the configured evaluator.
+        adapters: ``(new, old) -> Adapter``; ``B`` maps the new version's queries before they
+            search the old gallery, in the matrix and in the adapter cells.
+        paths: ``(new, old) -> file`` the adapters came from (recorded in the report).
+        dim_policy: for cells whose sizes differ without an adapter (and for the raw cells).
+        strict: ties fail the compatibility criterion.
+        independent: the update gain's reference (see :func:`evaluate_chain`).
+        backfill: orderings whose backfill curves to draw, for every adapted pair (or, without
+            adapters, for the newest upgrade on raw features).
+        backfill_points: size of the beta grid (0 to 1).
+        seed: of the ``random`` ordering.
+    """
+    adapters = dict(adapters or {})
+    by_cell = _check_pairs(versions, adapters)
+    try:
+        policy = DimPolicy(dim_policy)
+    except ValueError:
+        raise CompatError(f"dim_policy: unknown value {dim_policy!r}; expected error, truncate or pad") from None
+
+    def transform(cell: Cell, query: np.ndarray, gallery: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        adapter = by_cell.get((cell.i, cell.j))
+        if adapter is None:
+            return query, gallery
+        return adapter.to_old(query), adapter.old_space(gallery)
+
+    report = evaluate_chain(versions, evaluator, dim_policy=policy, transform=transform, strict=strict,
+                            independent=independent)
+    raw_policy = DimPolicy.TRUNCATE if policy is DimPolicy.ERROR else policy
+    cells_out = []
+    curves_out = []
+    orderings = [parse_ordering(o) for o in backfill]
+    betas = beta_grid(backfill_points) if orderings else None
+    for (i, j), adapter in sorted(by_cell.items()):
+        new, old = versions[i], versions[j]
+        key = (new.name, old.name)
+        cells = _adapter_cells(report, evaluator, adapter, new, old, i, j, raw_policy)
+        cells_out.append(AdapterCells(new.name, old.name, adapter.info, (paths or {}).get(key), cells,
+                                      raw_policy.value, strict))
+        if orderings:
+            curves_out.append(_adapter_backfill(evaluator, adapter, new, old, orderings, betas, seed))
+    if orderings and not by_cell:
+        if len(versions) < 2:
+            raise CompatError("backfill: needs at least two versions (or an adapter)")
+        curves_out.append(_raw_backfill(evaluator, versions[-1], versions[-2], policy, orderings, betas, seed))
+    return AdaptedChainReport(report, tuple(cells_out), tuple(curves_out))
+
+
+def _evaluate(evaluator: RetrievalEvaluator, q: np.ndarray, qfs: FeatureSet, g: np.ndarray, gfs: FeatureSet,
+              where: str) -> dict[str, float]:
+    result = evaluator.evaluate_arrays(q, qfs.labels, qfs.ids, g, gfs.labels, gfs.ids, where=where)
+    return dict(result.values)
+
+
+def _adapter_cells(report: CompatibilityReport, evaluator: RetrievalEvaluator, adapter: Adapter, new: Version,
+                   old: Version, i: int, j: int, raw_policy: DimPolicy) -> dict[str, dict[str, float]]:
+    m = report.matrices
+    cells = {
+        OLD_OLD: {k: m[k][j][j] for k in report.metrics},
+        NEW_NEW: {k: m[k][i][i] for k in report.metrics},
+    }
+    where = f"{new.name} on {old.name}"
+    q_raw, g_raw = apply_dim_policy(new.queries.features, old.gallery.features, raw_policy, where=where)
+    cells[NEW_OLD] = _evaluate(evaluator, q_raw, new.queries, g_raw, old.gallery, f"{where} (raw)")
+    cells[B_OLD] = {k: m[k][i][j] for k in report.metrics}
+    queries = adapter.to_old(new.queries.features)
+    if adapter.has_forward:
+        cells[B_F] = _evaluate(evaluator, queries, new.queries, adapter.upgrade(old.gallery.features), old.gallery,
+                               f"B({new.name}) on F({old.name})")
+    cells[B_B] = _evaluate(evaluator, queries, new.queries, adapter.to_old(new.gallery.features), new.gallery,
+                           f"B({new.name}) on B({new.name})")
+    return cells
+
+
+def _matched_rows(old: FeatureSet, new: FeatureSet, where: str) -> np.ndarray:
+    """Rows of ``new`` holding each item of ``old`` (by id): backfilling needs them all."""
+    order = np.argsort(new.ids, kind="stable")
+    pos = np.searchsorted(new.ids[order], old.ids)
+    pos = np.minimum(pos, len(order) - 1)
+    rows = order[pos]
+    missing = np.flatnonzero(new.ids[rows] != old.ids)
+    if len(missing):
+        raise CompatError(f"{where}: the new features ({new.source}) lack gallery item "
+                          f"{old.ids[missing[0]].item()!r} of {old.source}; backfilling needs every item")
+    return rows
+
+
+def _curves(evaluator: RetrievalEvaluator, queries: np.ndarray, qfs: FeatureSet, before: np.ndarray,
+            after: np.ndarray, gfs: FeatureSet, orderings, betas, seed: int) -> tuple[BackfillCurve, ...]:
+    out = []
+    ends = None
+    for ordering in orderings:
+        order = backfill_order(ordering, before, gfs.labels, seed=seed)
+        name = ordering.value
+        out.append(backfill_curve(evaluator, queries=queries, query_labels=qfs.labels, query_ids=qfs.ids,
+                                  before=before, after=after, gallery_labels=gfs.labels, gallery_ids=gfs.ids,
+                                  order=order, ordering=name, betas=betas, ends=ends))
+        # the whole-before and whole-after galleries do not depend on the ordering: measured once
+        ends = ({m: v[0] for m, v in out[-1].values.items()}, {m: v[-1] for m, v in out[-1].values.items()})
+        logger.info("backfill %s: area %s", name, out[-1].area)
+    return tuple(out)
+
+
+def _adapter_backfill(evaluator, adapter: Adapter, new: Version, old: Version, orderings, betas,
+                      seed: int) -> BackfillResult:
+    where = f"backfill {new.name}:{old.name}"
+    rows = _matched_rows(old.gallery, new.gallery, where)
+    after = adapter.to_old(np.asarray(new.gallery.features[rows]))
+    if adapter.has_forward:
+        before, start = adapter.upgrade(old.gallery.features), B_F
+    else:
+        before, start = adapter.old_space(old.gallery.features), B_OLD
+    queries = adapter.to_old(new.queries.features)
+    curves = _curves(evaluator, queries, new.queries, before, after, old.gallery, orderings, betas, seed)
+    return BackfillResult(new.name, old.name, adapter.info.label, start, B_B, curves)
+
+
+def _raw_backfill(evaluator, new: Version, old: Version, policy: DimPolicy, orderings, betas,
+                  seed: int) -> BackfillResult:
+    where = f"backfill {new.name}:{old.name}"
+    rows = _matched_rows(old.gallery, new.gallery, where)
+    after = np.asarray(new.gallery.features[rows])
+    before, after = apply_dim_policy(np.asarray(old.gallery.features), after, policy, where=where)
+    queries, _ = apply_dim_policy(np.asarray(new.queries.features), before, policy, where=where)
+    curves = _curves(evaluator, queries, new.queries, before, after, old.gallery, orderings, betas, seed)
+    return BackfillResult(new.name, old.name, None, NEW_OLD, NEW_NEW, curves)
