@@ -290,7 +290,7 @@ def _eval_adapted(chain, evaluator, adapters, backfill, backfill_points, *, seed
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--new-name", default=None, help="Version name of NEW stored in the adapter (default: its meta).")
 @click.option("--old-name", default=None, help="Version name of OLD stored in the adapter (default: its meta).")
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--device", default="cpu", show_default=True, help="auto, cpu or cuda[:N].")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Adapter file to write (.npz).")
 @_fail_cleanly
 def adapt_command(old_path: Path, new_path: Path, kind: str, lam: float, alpha: float | None, forward: str,
@@ -304,6 +304,7 @@ def adapt_command(old_path: Path, new_path: Path, kind: str, lam: float, alpha: 
     """
     from compat.adapters import AdapterConfig, fit_adapter, save_adapter
     from compat.features import load_features
+    from compat.retrieval.knn import resolve_device
 
     if out.suffix != ".npz":
         raise CompatError(f"--out {out}: an adapter file must end in .npz")
@@ -313,7 +314,7 @@ def adapt_command(old_path: Path, new_path: Path, kind: str, lam: float, alpha: 
                         w_backward=w_backward, w_contrastive=w_contrastive,
                         temperature=temperature or defaults.temperature, init=init, seed=seed)
     old, new = load_features(old_path), load_features(new_path)
-    adapter = fit_adapter(new, old, cfg, new_version=new_name, old_version=old_name, device=device)
+    adapter = fit_adapter(new, old, cfg, new_version=new_name, old_version=old_name, device=resolve_device(device))
     try:
         save_adapter(adapter, out)
     except OSError as exc:

@@ -211,7 +211,7 @@ def render_summary(summary: dict) -> str:
                 lines.append(f"| {cell.replace('B(', f'B_{label}(')} | " + " | ".join(marks) + " |")
         lines.append("")
         for label, entry in pair["adapters"].items():
-            kept = ", ".join(f"{m} {100 * v:.1f}%" for m, v in entry["retention"].items() if v is not None)
+            kept = ", ".join(f"{m} {100 * v:.2f}%" for m, v in entry["retention"].items() if v is not None)
             lines.append(f"- {label}: B(new)/B(new) keeps {kept} of new/new")
             for ordering, area in entry.get("backfill_area", {}).items():
                 areas = ", ".join(f"{m} {100 * v:.2f}" for m, v in area.items())
