@@ -229,7 +229,9 @@ if runs:
 # items farthest from their class mean first) moves the new model's retrieval from new/old
 # (`beta = 0`) to new/new (`beta = 1`). A report that measured it holds, under `backfill`, per
 # upgraded pair, the grid of `beta` and per ordering and metric the curve (and its area). Both the
-# grid-plus-values layout and a list of `(beta, value)` points per metric are read.
+# grid-plus-values layout and a list of `(beta, value)` points per metric are read. With a forward
+# adapter, the curves that start from the gallery upgraded by `F` are under `backfill_forward`
+# (labelled "from F" below).
 
 
 # %%
@@ -248,10 +250,12 @@ def _points(curve, betas):
 def backfill_curves(run):
     """Rows (pair, ordering, metric, betas, values, area) of a run's ``backfill`` key; [] without one."""
     rows = []
-    backfill = run["compat"].get("backfill") or {}
-    if not isinstance(backfill, dict):
-        return rows
-    for pair, entry in backfill.items():
+    entries = []
+    for key, suffix in (("backfill", ""), ("backfill_forward", " from F")):
+        backfill = run["compat"].get(key) or {}
+        if isinstance(backfill, dict):
+            entries += [(pair + suffix, entry) for pair, entry in backfill.items()]
+    for pair, entry in entries:
         if not isinstance(entry, dict):
             continue
         betas = entry.get("betas")

@@ -309,14 +309,19 @@ def test_backfill_curve_end_points_equal_the_cells(forward):
     adapted = evaluate_with_adapters([Version("v0", test_old), Version("v1", test_new)], ev, {("v1", "v0"): adapter},
                                      backfill=["random", "farthest", "uncertainty"], backfill_points=5)
     cells = adapted.adapters[0].cells
-    (result,) = adapted.backfill
-    start = "B(new)/F(old)" if forward == "mlp" else "B(new)/old"
-    assert result.start == start and result.end == "B(new)/B(new)"
-    for curve in result.curves:
-        for m in ("cmc@1", "map"):
-            assert curve.values[m][0] == cells[start][m]
-            assert curve.values[m][-1] == cells["B(new)/B(new)"][m]
-            assert curve.area[m] == pytest.approx(trapezoid_area(curve.betas, curve.values[m]))
+    # From the stored gallery always; from the gallery upgraded by F too when there is an F.
+    starts = ["B(new)/old", "B(new)/F(old)"] if forward == "mlp" else ["B(new)/old"]
+    assert [r.start for r in adapted.backfill] == starts
+    for result in adapted.backfill:
+        assert result.end == "B(new)/B(new)"
+        for curve in result.curves:
+            for m in ("cmc@1", "map"):
+                assert curve.values[m][0] == cells[result.start][m]
+                assert curve.values[m][-1] == cells["B(new)/B(new)"][m]
+                assert curve.area[m] == pytest.approx(trapezoid_area(curve.betas, curve.values[m]))
+    doc = adapted.extra_json()
+    assert doc["backfill"]["v1:v0"]["start"] == "B(new)/old"
+    assert ("backfill_forward" in doc) == (forward == "mlp")
     # The chain's own cell v1 on v0 is the adapted one.
     assert adapted.report.cell("cmc@1", "v1", "v0") == cells["B(new)/old"]["cmc@1"]
 
@@ -329,14 +334,16 @@ def test_mixed_gallery_of_partly_re_extracted_items():
     ev = RetrievalEvaluator(("cmc@1", "map"))
     adapted = evaluate_with_adapters([Version("v0", test_old), Version("v1", test_new)], ev, {("v1", "v0"): adapter},
                                      backfill=["farthest"], backfill_points=3)
-    order = backfill_order("farthest", adapter.upgrade(test_old.features), test_old.labels)
-    gallery = adapter.upgrade(test_old.features)
-    gallery[order[:60]] = adapter.to_old(test_new.features[order[:60]])
-    by_hand = ev.evaluate_arrays(adapter.to_old(test_new.features), test_new.labels, test_new.ids, gallery,
-                                 test_old.labels, test_old.ids)
-    curve = adapted.backfill[0].curves[0]
-    assert curve.betas[1] == 0.5
-    assert curve.values["map"][1] == by_hand["map"]
+    stored, upgraded = adapted.backfill
+    for result, before in ((stored, adapter.old_space(test_old.features)), (upgraded, adapter.upgrade(test_old.features))):
+        order = backfill_order("farthest", before, test_old.labels)
+        gallery = before.copy()
+        gallery[order[:60]] = adapter.to_old(test_new.features[order[:60]])
+        by_hand = ev.evaluate_arrays(adapter.to_old(test_new.features), test_new.labels, test_new.ids, gallery,
+                                     test_old.labels, test_old.ids)
+        curve = result.curves[0]
+        assert curve.betas[1] == 0.5
+        assert curve.values["map"][1] == by_hand["map"]
 
 
 def test_backfill_without_adapters_uses_raw_features():
@@ -388,7 +395,8 @@ def test_compat_adapt_then_eval_with_the_adapter(tmp_path):
     assert cells["B(new)/F(old)"]["map"] > cells["new/old"]["map"] + 0.3
     bf = doc["backfill"]["v1:v0"]
     assert bf["betas"] == [0.0, 0.5, 1.0] and set(bf["orderings"]) == {"random", "farthest"}
-    assert bf["orderings"]["farthest"]["curve"]["map"][0] == cells["B(new)/F(old)"]["map"]
+    assert bf["orderings"]["farthest"]["curve"]["map"][0] == cells["B(new)/old"]["map"]
+    assert doc["backfill_forward"]["v1:v0"]["orderings"]["farthest"]["curve"]["map"][0] == cells["B(new)/F(old)"]["map"]
     md = (out / "compat.md").read_text()
     assert "## Adapters" in md and "## Partial backfilling" in md
     assert (out / "compat.png").is_file() and (out / "backfill.png").is_file()

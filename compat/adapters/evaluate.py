@@ -14,9 +14,13 @@ adapter. Each adapted pair also gets the cells
 ``B(new)/B(new)``  against the gallery re-extracted by the new model and mapped by ``B``
 =================  =============================================================================
 
-and, when asked, backfill curves from ``B(new)/F(old)`` (or ``B(new)/old``) at ``beta = 0`` to
-``B(new)/B(new)`` at ``beta = 1``. Without adapters, backfill curves are drawn for the newest
-upgrade with raw features (new queries; old gallery items replaced by new ones).
+and, when asked, backfill curves that end at ``B(new)/B(new)`` (``beta = 1``). They start
+(``beta = 0``) from the gallery as stored, ``B(new)/old``: the orderings are decided on the indexed
+old features, as in FastFill. With a forward adapter a second set starts from the gallery upgraded
+by ``F``, ``B(new)/F(old)`` (the orderings then decided on the upgraded features); in
+``compat.json`` they sit under ``backfill_forward``, next to ``backfill``. Without adapters,
+backfill curves are drawn for the newest upgrade with raw features (new queries; old gallery items
+replaced by new ones).
 """
 
 from __future__ import annotations
@@ -154,8 +158,10 @@ class AdaptedChainReport:
         out: dict = {}
         if self.adapters:
             out["adapters"] = {_pair_key(a.new, a.old): a.to_json() for a in self.adapters}
-        if self.backfill:
-            out["backfill"] = {_pair_key(b.new, b.old): b.to_json() for b in self.backfill}
+        for key, from_forward in (("backfill", False), ("backfill_forward", True)):
+            curves = {_pair_key(b.new, b.old): b.to_json() for b in self.backfill if (b.start == B_F) == from_forward}
+            if curves:
+                out[key] = curves
         return out
 
 
@@ -235,7 +241,7 @@ def evaluate_with_adapters(
         cells_out.append(AdapterCells(new.name, old.name, adapter.info, (paths or {}).get(key), cells,
                                       raw_policy.value, strict))
         if orderings:
-            curves_out.append(_adapter_backfill(evaluator, adapter, new, old, orderings, betas, seed))
+            curves_out.extend(_adapter_backfill(evaluator, adapter, new, old, orderings, betas, seed))
     if orderings and not by_cell:
         if len(versions) < 2:
             raise CompatError("backfill: needs at least two versions (or an adapter)")
@@ -299,17 +305,18 @@ def _curves(evaluator: RetrievalEvaluator, queries: np.ndarray, qfs: FeatureSet,
 
 
 def _adapter_backfill(evaluator, adapter: Adapter, new: Version, old: Version, orderings, betas,
-                      seed: int) -> BackfillResult:
+                      seed: int) -> list[BackfillResult]:
+    """From the stored gallery and, with a forward adapter, from the gallery upgraded by ``F``."""
     where = f"backfill {new.name}:{old.name}"
     rows = _matched_rows(old.gallery, new.gallery, where)
     after = adapter.to_old(np.asarray(new.gallery.features[rows]))
+    starts = [(adapter.old_space(old.gallery.features), B_OLD)]
     if adapter.has_forward:
-        before, start = adapter.upgrade(old.gallery.features), B_F
-    else:
-        before, start = adapter.old_space(old.gallery.features), B_OLD
+        starts.append((adapter.upgrade(old.gallery.features), B_F))
     queries = adapter.to_old(new.queries.features)
-    curves = _curves(evaluator, queries, new.queries, before, after, old.gallery, orderings, betas, seed)
-    return BackfillResult(new.name, old.name, adapter.info.label, start, B_B, curves)
+    return [BackfillResult(new.name, old.name, adapter.info.label, start, B_B,
+                           _curves(evaluator, queries, new.queries, before, after, old.gallery, orderings, betas, seed))
+            for before, start in starts]
 
 
 def _raw_backfill(evaluator, new: Version, old: Version, policy: DimPolicy, orderings, betas,

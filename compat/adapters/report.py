@@ -64,7 +64,8 @@ def _adapter_section(a: AdapterCells) -> list[str]:
 
 def _backfill_section(b: BackfillResult) -> list[str]:
     metrics = list(b.curves[0].values)
-    head = f"### {_md(b.new)} → {_md(b.old)}" + (f" (B {b.adapter})" if b.adapter else " (raw features)")
+    head = f"### {_md(b.new)} → {_md(b.old)}" + (f" (B {b.adapter}), from {_md(b.start)}" if b.adapter
+                                                  else " (raw features)")
     rows = [[c.ordering, *(f"{100 * c.area[m]:.2f}" for m in metrics)] for c in b.curves]
     intro = f"Gallery from {_md(b.start)} (beta = 0) to {_md(b.end)} (beta = 1); area under M(beta), in percent:"
     lines = [head, "", intro, "", *_table(["ordering", *metrics], rows), ""]
@@ -105,7 +106,7 @@ def plot_backfill(results: tuple[BackfillResult, ...], path: Path) -> None:
     axes = fig.subplots(1, len(metrics), squeeze=False)[0]
     for ax, m in zip(axes, metrics, strict=True):
         for b in results:
-            prefix = f"{b.new}→{b.old} " if len(results) > 1 else ""
+            prefix = f"{b.new}→{b.old} from {b.start}: " if len(results) > 1 else ""
             for c in b.curves:
                 ax.plot(c.betas, [100 * v for v in c.values[m]], marker="o", markersize=3,
                         label=f"{prefix}{c.ordering} (area {100 * c.area[m]:.2f})")

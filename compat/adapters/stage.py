@@ -186,9 +186,10 @@ def summarize_stage(reports: dict[str, AdaptedChainReport]) -> dict:
             pair["raw"] = {c: cells[c] for c in ("old/old", "new/new", "new/old")}
             entry = {"cells": {c: v for c, v in cells.items() if c.startswith("B(")}, "ecc": a["ecc"],
                      "retention": a["retention"], "path": a["path"]}
-            bf = extra.get("backfill", {}).get(key)
-            if bf is not None:
-                entry["backfill_area"] = {o: v["area"] for o, v in bf["orderings"].items()}
+            for json_key, entry_key in (("backfill", "backfill_area"), ("backfill_forward", "backfill_area_forward")):
+                bf = extra.get(json_key, {}).get(key)
+                if bf is not None:
+                    entry[entry_key] = {o: v["area"] for o, v in bf["orderings"].items()}
             pair["adapters"][label] = entry
     return out
 
@@ -213,8 +214,9 @@ def render_summary(summary: dict) -> str:
         for label, entry in pair["adapters"].items():
             kept = ", ".join(f"{m} {100 * v:.2f}%" for m, v in entry["retention"].items() if v is not None)
             lines.append(f"- {label}: B(new)/B(new) keeps {kept} of new/new")
-            for ordering, area in entry.get("backfill_area", {}).items():
-                areas = ", ".join(f"{m} {100 * v:.2f}" for m, v in area.items())
-                lines.append(f"  - backfill area, {ordering}: {areas}")
+            for entry_key, start in (("backfill_area", "old"), ("backfill_area_forward", "F(old)")):
+                for ordering, area in entry.get(entry_key, {}).items():
+                    areas = ", ".join(f"{m} {100 * v:.2f}" for m, v in area.items())
+                    lines.append(f"  - backfill area from {start}, {ordering}: {areas}")
         lines.append("")
     return "\n".join(lines)
