@@ -173,7 +173,9 @@ def test_failed_plot_leaves_no_report(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 def test_failed_move_rolls_back_moved_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_replace = report_mod.os.replace
+    import compat._atomic as atomic_mod
+
+    real_replace = atomic_mod.os.replace
     calls = []
 
     def flaky_replace(src, dst):
@@ -182,7 +184,7 @@ def test_failed_move_rolls_back_moved_files(tmp_path: Path, monkeypatch: pytest.
             raise OSError("disk full")
         real_replace(src, dst)
 
-    monkeypatch.setattr(report_mod.os, "replace", flaky_replace)
+    monkeypatch.setattr(atomic_mod.os, "replace", flaky_replace)
     with pytest.raises(OSError, match="disk full"):
         write_reports(chain1(), tmp_path)
     assert list(tmp_path.iterdir()) == []

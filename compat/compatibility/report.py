@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -208,27 +205,15 @@ def write_reports(
     Returns:
         The paths of the three files, in the order above, then the extra files.
     """
+    from compat._atomic import write_all_or_nothing
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    # The temporary directory lives inside out_dir: same filesystem even when out_dir is a mount
-    # point, and writable whenever out_dir is. It is removed whatever happens.
-    tmp = Path(tempfile.mkdtemp(prefix=".compat-tmp-", dir=out_dir))
-    moved: list[Path] = []
-    try:
-        document = report.to_json() | (extra_json or {})
-        (tmp / JSON_NAME).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-        markdown = render_markdown(report) + ("\n" + extra_markdown if extra_markdown else "")
-        (tmp / MARKDOWN_NAME).write_text(markdown, encoding="utf-8")
-        plot_heatmaps(report, tmp / HEATMAP_NAME)
-        for name, write in (extra_files or {}).items():
-            write(tmp / name)
-        for name in (JSON_NAME, MARKDOWN_NAME, HEATMAP_NAME, *(extra_files or {})):
-            os.replace(tmp / name, out_dir / name)
-            moved.append(out_dir / name)
-    except BaseException:
-        for p in moved:
-            p.unlink(missing_ok=True)
-        raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return moved
+    document = report.to_json() | (extra_json or {})
+    markdown = render_markdown(report) + ("\n" + extra_markdown if extra_markdown else "")
+    writers: dict[str, Callable[[Path], object]] = {
+        JSON_NAME: lambda p: p.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8"),
+        MARKDOWN_NAME: lambda p: p.write_text(markdown, encoding="utf-8"),
+        HEATMAP_NAME: lambda p: plot_heatmaps(report, p),
+    }
+    return write_all_or_nothing(out_dir, writers | dict(extra_files or {}))
