@@ -238,6 +238,16 @@ def test_numpy_and_torch_rankings_agree_including_ties():
         np.testing.assert_array_equal(a[r], want)
 
 
+def test_numpy_ranking_without_ties_matches_brute_force():
+    rng = np.random.default_rng(1)
+    scores = rng.standard_normal((30, 500)).astype(np.float32)
+    scores[np.arange(30), np.arange(30)] = -np.inf
+    positives = [np.setdiff1d(np.flatnonzero(rng.random(500) < 0.2), [r]) for r in range(30)]
+    for r, ranks in enumerate(positive_ranks_numpy(scores, positives, threads=1)):
+        want = sorted(1 + int(np.sum(scores[r] > scores[r][p])) for p in positives[r])
+        np.testing.assert_array_equal(ranks, want)
+
+
 def test_evaluator_accepts_memory_mapped_directory_features(tmp_path):
     from compat.features import load_features, save_features
 

@@ -21,16 +21,22 @@ __all__ = ["positive_ranks_numpy", "positive_ranks_torch"]
 
 def _ranks_row(row: np.ndarray, positives: np.ndarray) -> np.ndarray:
     """1-based ranks (ascending) of ``positives`` (gallery indices) in score row ``row`` (N,)."""
-    t = row[positives]
-    cand = row[row >= t.min()]
+    scores = row[positives]
+    order = np.argsort(scores, kind="stable")
+    t = scores[order]  # ascending, so the searches below walk the candidates once
+    cand = row[row >= t[0]]
     cand.sort()
     right = np.searchsorted(cand, t, side="right")
-    left = np.searchsorted(cand, t, side="left")
-    ranks = (len(cand) - right + 1).astype(np.int64)
-    tied = np.flatnonzero(right - left > 1)
-    for k in tied:
-        p = positives[k]
-        ranks[k] += int(np.count_nonzero(row[:p] == t[k]))
+    ranks = (len(cand) - right + 1).astype(np.int64)  # descending
+    # t[k] itself sits at cand[right - 1]; another item with exactly its score sits just below.
+    tied = np.flatnonzero(cand[np.maximum(right - 2, 0)] == t)
+    tied = tied[right[tied] >= 2]
+    if len(tied) == 0:
+        return ranks[::-1].copy()
+    left = np.searchsorted(cand, t[tied], side="left")
+    for k, lo in zip(tied, left, strict=True):
+        if right[k] - lo > 1:
+            ranks[k] += int(np.count_nonzero(row[: positives[order[k]]] == t[k]))
     ranks.sort()
     return ranks
 
