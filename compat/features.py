@@ -166,8 +166,8 @@ def _load_npz(p: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
             missing = [k for k in _ARRAYS if k not in z.files]
             if missing:
                 raise CompatError(f"{p}: missing array '{missing[0]}'; expected {', '.join(_ARRAYS)} (and meta)")
-            arrays = {k: _read_npz_member(z, k, p) for k in _ARRAYS}
-            meta_raw = _read_npz_member(z, "meta", p) if "meta" in z.files else None
+            arrays = {k: read_npz_member(z, k, p) for k in _ARRAYS}
+            meta_raw = read_npz_member(z, "meta", p) if "meta" in z.files else None
     except CompatError:
         raise
     except (OSError, zipfile.BadZipFile, EOFError) as exc:
@@ -176,7 +176,11 @@ def _load_npz(p: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     return arrays, meta
 
 
-def _read_npz_member(z: Any, key: str, p: Path) -> np.ndarray:
+def read_npz_member(z: Any, key: str, p: Path) -> np.ndarray:
+    """Array ``key`` of the open ``.npz`` archive ``z`` (read from ``p``), refusing pickled objects.
+
+    Shared by every ``.npz`` reader of the package (feature files, adapter files).
+    """
     try:
         return z[key]
     except ValueError as exc:  # numpy refuses object arrays when allow_pickle=False

@@ -29,6 +29,7 @@ from compat._atomic import atomic_path
 from compat.adapters.adapter import Adapter, AdapterInfo
 from compat.adapters.modules import BackwardKind, ForwardKind, LinearMap, build_forward
 from compat.errors import CompatError
+from compat.features import read_npz_member
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "load_adapter", "save_adapter"]
 
@@ -118,7 +119,7 @@ def _read(p: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         with loaded as z:
             if "meta" not in z.files:
                 raise CompatError(f"{p}: not an adapter file (no 'meta' array; pickles are never loaded)")
-            arrays = {k: _member(z, k, p) for k in z.files}
+            arrays = {k: read_npz_member(z, k, p) for k in z.files}
     except (OSError, zipfile.BadZipFile, EOFError) as exc:
         raise CompatError(f"{p}: not a readable adapter file ({exc})") from None
     raw = arrays.pop("meta")
@@ -131,15 +132,6 @@ def _read(p: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     if not isinstance(meta, dict):
         raise CompatError(f"{p}: array 'meta' must hold a JSON object")
     return arrays, meta
-
-
-def _member(z: Any, key: str, p: Path) -> np.ndarray:
-    try:
-        return z[key]
-    except ValueError as exc:
-        if "pickle" in str(exc).lower():
-            raise CompatError(f"{p}: array '{key}' holds pickled Python objects; refusing to load it") from None
-        raise CompatError(f"{p}: array '{key}' cannot be read ({exc})") from None
 
 
 def _info(meta: dict[str, Any], p: Path) -> AdapterInfo:
