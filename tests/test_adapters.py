@@ -35,6 +35,7 @@ from compat.compatibility import Version
 from compat.errors import CompatError
 from compat.features import FeatureSet, load_features, save_features
 from compat.retrieval import RetrievalEvaluator
+from tests.cli_runs import train_recipe_text
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -467,10 +468,7 @@ adapters:
 
 
 def test_train_recipe_with_adapters_end_to_end(tmp_path):
-    recipe = tmp_path / "tiny.yaml"
-    recipe.write_text(TINY, encoding="utf-8")
-    out = tmp_path / "run"
-    result = CliRunner().invoke(cli, ["train", str(recipe), "--out", str(out), "--device", "cpu", "--quiet"])
+    result, out = train_recipe_text(tmp_path, TINY)
     assert result.exit_code == 0, result.output
     assert load_features(out / "features" / "train" / "v0.npz").dim == 8
     assert load_adapter(out / "adapters" / "v1-v0-lambda12.npz").info.lam == 12

@@ -32,6 +32,7 @@ from compat.models import BasisTransformModel, LinearHead, build_model
 from compat.retrieval import RetrievalEvaluator
 from compat.train import load_recipe
 from compat.train.chain import _model_spec
+from tests.cli_runs import train_recipe_text
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -281,10 +282,7 @@ eval: {metrics: [cmc@1], independent_reference: true}
 
 
 def test_bt2_pipeline_trains_a_teacher_and_records_the_compatible_prefix(tmp_path):
-    recipe = tmp_path / "tiny.yaml"
-    recipe.write_text(TINY_BT2, encoding="utf-8")
-    out = tmp_path / "run"
-    result = CliRunner().invoke(cli, ["train", str(recipe), "--out", str(out), "--device", "cpu", "--quiet"])
+    result, out = train_recipe_text(tmp_path, TINY_BT2)
     assert result.exit_code == 0, result.output
     assert (out / "v1-independent" / "model.pt").is_file()
     v0, v1 = load_features(out / "features" / "v0.npz"), load_features(out / "features" / "v1.npz")
@@ -301,10 +299,7 @@ def test_bt2_pipeline_trains_a_teacher_and_records_the_compatible_prefix(tmp_pat
 
 
 def test_bct_across_an_architecture_change(tmp_path):
-    recipe = tmp_path / "tiny.yaml"
-    recipe.write_text(TINY_ARCH, encoding="utf-8")
-    out = tmp_path / "run"
-    result = CliRunner().invoke(cli, ["train", str(recipe), "--out", str(out), "--device", "cpu", "--quiet"])
+    result, out = train_recipe_text(tmp_path, TINY_ARCH)
     assert result.exit_code == 0, result.output
     v0, v1 = load_features(out / "features" / "v0.npz"), load_features(out / "features" / "v1.npz")
     assert (v0.meta["model"], v0.dim, v1.meta["model"], v1.dim) == ("mlp", 8, "smallcnn", 16)
