@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from compat._atomic import write_all_or_nothing
+
 if TYPE_CHECKING:
     from compat.compatibility.matrix import CompatibilityReport
 
@@ -205,8 +207,6 @@ def write_reports(
     Returns:
         The paths of the three files, in the order above, then the extra files.
     """
-    from compat._atomic import write_all_or_nothing
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     document = report.to_json() | (extra_json or {})

@@ -33,10 +33,8 @@ def _ranks_row(row: np.ndarray, positives: np.ndarray) -> np.ndarray:
     tied = tied[right[tied] >= 2]
     if len(tied) == 0:
         return ranks[::-1].copy()
-    left = np.searchsorted(cand, t[tied], side="left")
-    for k, lo in zip(tied, left, strict=True):
-        if right[k] - lo > 1:
-            ranks[k] += int(np.count_nonzero(row[: positives[order[k]]] == t[k]))
+    for k in tied:
+        ranks[k] += int(np.count_nonzero(row[: positives[order[k]]] == t[k]))
     ranks.sort()
     return ranks
 
