@@ -241,7 +241,7 @@ def evaluate_with_adapters(
         cells_out.append(AdapterCells(new.name, old.name, adapter.info, (paths or {}).get(key), cells,
                                       raw_policy.value, strict))
         if orderings:
-            curves_out.extend(_adapter_backfill(evaluator, adapter, new, old, orderings, betas, seed))
+            curves_out.extend(_adapter_backfill(evaluator, adapter, new, old, cells, orderings, betas, seed))
     if orderings and not by_cell:
         if len(versions) < 2:
             raise CompatError("backfill: needs at least two versions (or an adapter)")
@@ -289,9 +289,10 @@ def _matched_rows(old: FeatureSet, new: FeatureSet, where: str) -> np.ndarray:
 
 
 def _curves(evaluator: RetrievalEvaluator, queries: np.ndarray, qfs: FeatureSet, before: np.ndarray,
-            after: np.ndarray, gfs: FeatureSet, orderings, betas, seed: int) -> tuple[BackfillCurve, ...]:
+            after: np.ndarray, gfs: FeatureSet, orderings, betas, seed: int,
+            ends: tuple[dict[str, float], dict[str, float]] | None = None) -> tuple[BackfillCurve, ...]:
+    """One curve per ordering; ``ends`` are the whole-before and whole-after cells when already known."""
     out = []
-    ends = None
     for ordering in orderings:
         order = backfill_order(ordering, before, gfs.labels, seed=seed)
         name = ordering.value
@@ -304,9 +305,12 @@ def _curves(evaluator: RetrievalEvaluator, queries: np.ndarray, qfs: FeatureSet,
     return tuple(out)
 
 
-def _adapter_backfill(evaluator, adapter: Adapter, new: Version, old: Version, orderings, betas,
-                      seed: int) -> list[BackfillResult]:
-    """From the stored gallery and, with a forward adapter, from the gallery upgraded by ``F``."""
+def _adapter_backfill(evaluator, adapter: Adapter, new: Version, old: Version, cells: dict[str, dict[str, float]],
+                      orderings, betas, seed: int) -> list[BackfillResult]:
+    """From the stored gallery and, with a forward adapter, from the gallery upgraded by ``F``.
+
+    The curves' end points are the adapter cells already measured (``cells``), not measured again.
+    """
     where = f"backfill {new.name}:{old.name}"
     rows = _matched_rows(old.gallery, new.gallery, where)
     after = adapter.to_old(np.asarray(new.gallery.features[rows]))
@@ -315,7 +319,8 @@ def _adapter_backfill(evaluator, adapter: Adapter, new: Version, old: Version, o
         starts.append((adapter.upgrade(old.gallery.features), B_F))
     queries = adapter.to_old(new.queries.features)
     return [BackfillResult(new.name, old.name, adapter.info.label, start, B_B,
-                           _curves(evaluator, queries, new.queries, before, after, old.gallery, orderings, betas, seed))
+                           _curves(evaluator, queries, new.queries, before, after, old.gallery, orderings, betas, seed,
+                                   ends=(cells[start], cells[B_B])))
             for before, start in starts]
 
 
