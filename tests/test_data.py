@@ -25,6 +25,7 @@ from compat.data import (
     dataset_info,
     dataset_labels,
     fraction_subsets,
+    hold_out,
     list_datasets,
     subset_of_classes,
 )
@@ -294,6 +295,27 @@ def test_fraction_subsets_nested_stratified_and_seeded():
 def test_fraction_subsets_validates(fractions):
     with pytest.raises(CompatError, match="strictly increasing"):
         fraction_subsets(LABELS, fractions, seed=0)
+
+
+def test_hold_out_is_a_stratified_seeded_partition():
+    labels = np.repeat(np.arange(4), [10, 20, 30, 3])
+    rest, held = hold_out(labels, 0.1, seed=5)
+    assert np.array_equal(np.sort(np.concatenate([rest, held])), np.arange(len(labels)))
+    assert not set(rest) & set(held)
+    assert np.bincount(labels[held]).tolist() == [1, 2, 3, 1]  # round(0.1 * n), at least one per class
+    assert all(np.array_equal(a, b) for a, b in zip((rest, held), hold_out(labels, 0.1, seed=5)))
+    assert not np.array_equal(held, hold_out(labels, 0.1, seed=6)[1])
+    # its own stream: not the first items of the same seed's fraction cut
+    assert not np.array_equal(held, fraction_subsets(labels, [0.1], seed=5)[0])
+    assert np.bincount(labels[hold_out(labels, 0.9, seed=0)[0]]).tolist() == [1, 2, 3, 1]  # every class keeps one
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1])
+def test_hold_out_validates(fraction):
+    with pytest.raises(CompatError, match=r"\(0, 1\)"):
+        hold_out(LABELS, fraction, seed=0)
+    with pytest.raises(CompatError, match="two are needed"):
+        hold_out(np.array([0, 0, 1]), 0.5, seed=0)
 
 
 def test_subset_of_classes():

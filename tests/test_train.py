@@ -86,6 +86,26 @@ def test_version_plans_for_both_protocols():
     assert [sorted(set(labels[p.new_indices])) for p in cl2r] == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
 
 
+@pytest.mark.parametrize("recipe_name", ["mnist-cl2r", "mnist-cores-classes"])
+def test_version_plans_leave_the_validation_images_out(recipe_name):
+    from compat.train.chain import training_pool
+
+    labels = np.repeat(np.arange(10), 20)
+    recipe = load_recipe(RECIPES / f"{recipe_name}.yaml", ["data.eval_split=val", "data.val_fraction=0.25"])
+    pool, held = training_pool(recipe, labels)
+    assert len(held) == 50 and np.bincount(labels[held]).tolist() == [5] * 10
+    plans = plan_versions(recipe, labels, pool)
+    used = np.concatenate([p.new_indices for p in plans])
+    assert set(used) <= set(pool) and not set(used) & set(held)
+    if recipe_name == "mnist-cl2r":  # 15 per class: nested cuts of 2, 6, 15 -> new slices of 2, 4, 9
+        assert [len(p.new_indices) for p in plans] == [20, 40, 90]
+    else:
+        assert set(plans[-1].new_indices) == set(pool)  # cumulative without rehearsal: the whole pool
+    assert training_pool(load_recipe(RECIPES / f"{recipe_name}.yaml"), labels) == (None, None)
+    with pytest.raises(CompatError, match="val_fraction"):
+        load_recipe(RECIPES / f"{recipe_name}.yaml", ["data.val_fraction=1.0"])
+
+
 @pytest.mark.parametrize("name, versions", [("cifar100-cores", 6), ("cifar100-cl2r", 6), ("cifar100-hoc-7tasks", 7)])
 def test_paper_scale_recipes_build_on_a_fake_cifar100(tmp_path, monkeypatch, name, versions):
     from compat.data import build_dataset, dataset_labels
@@ -270,6 +290,27 @@ def test_train_extract_eval_on_the_shipped_subset(tmp_path):
     result = runner.invoke(cli, ["train", str(recipe), "--out", str(out), "--device", "cpu", "--quiet", "--resume"])
     assert result.exit_code == 0, result.output
     assert json.loads((out / "compat.json").read_text())["metrics"] == report["metrics"]
+
+
+def test_validation_run_trains_and_evaluates_on_disjoint_training_images(tmp_path):
+    from compat.data import build_dataset, dataset_ids, dataset_labels
+    from compat.train.chain import training_pool
+
+    text = TINY.replace("fractions: [0.05, 0.1]}", "fractions: [0.05, 0.1], eval_split: val, val_fraction: 0.05}")
+    recipe = _write(tmp_path / "tiny.yaml", text)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["train", str(recipe), "--out", str(out), "--device", "cpu", "--quiet"])
+    assert result.exit_code == 0, result.output
+    train = build_dataset("mnist-mini", split="train", train_transform=False)
+    labels, ids = dataset_labels(train), dataset_ids(train)
+    loaded = load_recipe(recipe)
+    pool, held = training_pool(loaded, labels)
+    v1 = load_features(out / "features" / "v1.npz")
+    assert v1.meta["split"] == "val" and v1.n == len(held) == 250
+    np.testing.assert_array_equal(v1.ids, ids[held])
+    np.testing.assert_array_equal(v1.labels, labels[held])
+    trained_on = np.concatenate([p.new_indices for p in plan_versions(loaded, labels, pool)])
+    assert not set(ids[trained_on]) & set(v1.ids)
 
 
 def test_training_logs_nested_mlflow_runs(tmp_path, tmp_mlflow):

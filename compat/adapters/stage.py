@@ -82,8 +82,10 @@ def _pairs(recipe, names: list[str]) -> list[tuple[str, str]]:
 
 def _train_features(recipe, name: str, out: Path, *, device: str, data_root: str | None) -> FeatureSet:
     """Training-split features of version ``name``, extracted once per trained model."""
+    from torch.utils.data import Subset
+
     from compat.data import build_dataset, dataset_ids, dataset_labels
-    from compat.train.chain import load_model
+    from compat.train.chain import load_model, training_pool
     from compat.train.extract import extract_features, file_digest
 
     model_path = out / name / "model.pt"
@@ -96,6 +98,9 @@ def _train_features(recipe, name: str, out: Path, *, device: str, data_root: str
     d = recipe.data
     ds = build_dataset(d.dataset, root=data_root or d.root, split="train", download=d.download,
                        train_transform=False)
+    pool, _ = training_pool(recipe, dataset_labels(ds))
+    if pool is not None:  # eval_split val: the held-out images are for evaluation only
+        ds = Subset(ds, pool.tolist())
     model = load_model(model_path, device=device)
     meta = {"version": name, "dataset": d.dataset, "split": "train", "recipe": recipe.name, "checkpoint": digest}
     fs = extract_features(model, ds, labels=dataset_labels(ds), ids=dataset_ids(ds), device=device,

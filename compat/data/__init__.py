@@ -17,7 +17,14 @@ from compat.data.datasets import (
 from compat.data.info import Augment, DatasetInfo, dataset_info
 from compat.data.memory import HalfHalfBatchSampler, RehearsalMemory
 from compat.data.mnist_mini import MnistMini
-from compat.data.splits import class_incremental, class_schedule, classes_up_to, fraction_subsets, subset_of_classes
+from compat.data.splits import (
+    class_incremental,
+    class_schedule,
+    classes_up_to,
+    fraction_subsets,
+    hold_out,
+    subset_of_classes,
+)
 from compat.data.transforms import build_transform
 
 __all__ = [
@@ -38,6 +45,7 @@ __all__ = [
     "dataset_info",
     "dataset_labels",
     "fraction_subsets",
+    "hold_out",
     "list_datasets",
     "subset_of_classes",
 ]

@@ -13,7 +13,14 @@ import numpy as np
 
 from compat.errors import CompatError
 
-__all__ = ["class_incremental", "class_schedule", "classes_up_to", "fraction_subsets", "subset_of_classes"]
+__all__ = [
+    "class_incremental",
+    "class_schedule",
+    "classes_up_to",
+    "fraction_subsets",
+    "hold_out",
+    "subset_of_classes",
+]
 
 
 def _labels(labels: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -133,6 +140,40 @@ def fraction_subsets(
             count = max(1, int(np.floor(fraction * len(order) + 0.5))) if len(order) else 0
             subsets[position].append(order[:count])
     return [np.sort(np.concatenate(parts)).astype(np.int64) if parts else np.empty(0, np.int64) for parts in subsets]
+
+
+def hold_out(labels: Sequence[int] | np.ndarray, fraction: float, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Set aside a seeded, class-stratified share of a split as a validation set.
+
+    Every class gives ``round(fraction * n_c)`` of its items, at least one, to the held-out part and
+    keeps at least one. Tune hyperparameters on the held-out part and train on the rest, so that
+    the test split is measured once, with the settings already chosen.
+
+    Args:
+        labels: (N,) labels of the split.
+        fraction: share held out, in (0, 1).
+        seed: seed of the per-class permutation.
+
+    Returns:
+        ``(rest, held_out)``: two disjoint int64 index arrays, ascending, covering the split.
+    """
+    labels = _labels(labels)
+    if not 0.0 < fraction < 1.0:
+        raise CompatError(f"hold_out: fraction must be in (0, 1), got {fraction}")
+    if seed < 0:
+        raise CompatError(f"hold_out: seed must be >= 0, got {seed}")
+    rng = np.random.default_rng([seed, 1])  # a stream of its own: not the one fraction_subsets cuts
+    rest, held = [], []
+    for c in np.unique(labels):
+        order = rng.permutation(np.flatnonzero(labels == c))
+        if len(order) < 2:
+            raise CompatError(f"hold_out: class {int(c)} has {len(order)} item; two are needed to hold one out")
+        count = min(len(order) - 1, max(1, int(np.floor(fraction * len(order) + 0.5))))
+        held.append(order[:count])
+        rest.append(order[count:])
+    if not held:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    return np.sort(np.concatenate(rest)).astype(np.int64), np.sort(np.concatenate(held)).astype(np.int64)
 
 
 def subset_of_classes(labels: Sequence[int] | np.ndarray, classes: Sequence[int] | np.ndarray) -> np.ndarray:

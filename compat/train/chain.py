@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from torch.utils.data import Subset
 
 from compat.compatibility.matrix import CompatibilityReport, Version, evaluate_chain
 from compat.compatibility.report import write_reports
@@ -40,7 +41,7 @@ from compat.train.distributed import DistributedContext
 from compat.train.extract import embed_dataset, extract_features, file_digest
 from compat.train.loop import EpochStats, train_version
 
-__all__ = ["VersionPlan", "load_model", "plan_versions", "save_model", "train_chain"]
+__all__ = ["VersionPlan", "load_model", "plan_versions", "save_model", "train_chain", "training_pool"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,15 +56,20 @@ class VersionPlan:
     new_classes: list[int]
 
 
-def plan_versions(recipe: Recipe, labels: np.ndarray) -> list[VersionPlan]:
+def plan_versions(recipe: Recipe, labels: np.ndarray, pool: np.ndarray | None = None) -> list[VersionPlan]:
     """The data of every version under the recipe's upgrade protocol.
 
     ``growth``: version t trains on the nested fraction ``fractions[t]`` of the training split.
     ``classes``: version t brings the classes of task t. With rehearsal (CL2R) a version trains on
     what is new to it (the new slice or task) plus the memory; without, on everything seen so far.
+    ``pool``: the training indices the versions may use (all of them when None); ``data.eval_split:
+    val`` keeps the held-out images out of it (:func:`training_pool`).
     """
     from compat.data import class_incremental, fraction_subsets
 
+    if pool is not None:
+        return [VersionPlan(p.index, pool[p.new_indices], p.seen_classes, p.new_classes)
+                for p in plan_versions(recipe, labels[pool])]
     d = recipe.data
     rehearsal = recipe.method.rehearsal_per_class > 0
     if d.protocol == "growth":
@@ -85,6 +91,16 @@ def plan_versions(recipe: Recipe, labels: np.ndarray) -> list[VersionPlan]:
         indices = task if rehearsal else np.flatnonzero(np.isin(labels, seen))
         plans.append(VersionPlan(t, np.asarray(indices, dtype=np.int64), list(seen), new))
     return plans
+
+
+def training_pool(recipe: Recipe, labels: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``(pool, held_out)`` training-split indices under ``data.eval_split: val``; ``(None, None)``
+    otherwise (every training image is available and the evaluation split is another one)."""
+    from compat.data import hold_out
+
+    if recipe.data.eval_split != "val":
+        return None, None
+    return hold_out(labels, recipe.data.val_fraction, seed=recipe.seed)
 
 
 def save_model(path: Path, model: EmbeddingModel, spec: dict[str, Any]) -> Path:
@@ -175,10 +191,15 @@ def train_chain(
     d = recipe.data
     root = data_root or d.root
     train_ds = build_dataset(d.dataset, root=root, split="train", download=d.download, train_transform=True)
-    eval_ds = build_dataset(d.dataset, root=root, split=d.eval_split, download=d.download, train_transform=False)
     labels = dataset_labels(train_ds)
+    pool, held_out = training_pool(recipe, labels)
+    if held_out is None:
+        eval_ds = build_dataset(d.dataset, root=root, split=d.eval_split, download=d.download, train_transform=False)
+    else:
+        eval_ds = Subset(build_dataset(d.dataset, root=root, split="train", download=d.download,
+                                       train_transform=False), held_out.tolist())
     num_classes = int(labels.max()) + 1
-    plans = plan_versions(recipe, labels)
+    plans = plan_versions(recipe, labels, pool)
     method_opts = dict(recipe.method.options)
     build_method(recipe.method.name, **method_opts)  # fail on a bad option before training anything
     out.mkdir(parents=True, exist_ok=True)

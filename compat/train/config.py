@@ -41,6 +41,11 @@ class DataConfig(_Strict):
     ``growth``: version t trains on a seeded, class-stratified fraction ``fractions[t]`` of the
     training split (nested: each slice contains the previous one). ``classes``: class-incremental;
     version t sees classes ``0 .. initial + t * increment - 1``.
+
+    ``eval_split``: where the chain is evaluated. ``val`` holds out a seeded, class-stratified
+    ``val_fraction`` of the training split (:func:`compat.data.hold_out`): the versions train on
+    the rest (both protocols cut the rest) and are evaluated on the held-out images, so settings can
+    be chosen without looking at the test split.
     """
 
     dataset: str = "mnist"
@@ -51,7 +56,8 @@ class DataConfig(_Strict):
     initial: int = 5
     increment: int = 5
     num_versions: int | None = None
-    eval_split: Literal["test", "train"] = "test"
+    eval_split: Literal["test", "train", "val"] = "test"
+    val_fraction: float = 0.1
     num_workers: int = 0
 
     @model_validator(mode="after")
@@ -62,6 +68,8 @@ class DataConfig(_Strict):
                 raise ValueError("fractions must increase strictly within (0, 1]")
         elif self.initial < 1 or self.increment < 1:
             raise ValueError("initial and increment must be >= 1")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be within (0, 1), got {self.val_fraction}")
         return self
 
 
