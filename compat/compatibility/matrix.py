@@ -111,6 +111,10 @@ class CompatibilityReport:
             "protocol": self.protocol,
             "metrics": {m: self.matrices[m] for m in self.metrics},
             "summary": {m: self.summary[m].to_json() for m in self.metrics},
+            # per cell: queries evaluated and those without any positive in the gallery, so that a
+            # fraction reads as a count of queries (and a shortfall as the number of queries missing)
+            "queries": [[None if c is None else {"n": c.n_queries, "without_positive": c.n_without_positive}
+                         for c in row] for row in self.queries],
         }
 
     def cell(self, metric: str, query_version: str, gallery_version: str) -> float | None:
