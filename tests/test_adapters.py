@@ -477,3 +477,17 @@ def test_train_recipe_with_adapters_end_to_end(tmp_path):
     doc = json.loads((out / "adapters" / "perp" / "compat.json").read_text())
     assert set(doc["backfill"]["v1:v0"]["orderings"]) == {"random", "farthest"}
     assert "B_perp(new)/old" in (out / "adapters" / "summary.md").read_text()
+
+    # With eval_split val the adapters' training features leave the held-out images out.
+    from compat.adapters.stage import _train_features
+    from compat.data import build_dataset, dataset_ids, dataset_labels
+    from compat.train import load_recipe
+    from compat.train.chain import training_pool
+
+    full = load_features(out / "features" / "train" / "v0.npz")
+    val = load_recipe(tmp_path / "tiny.yaml", ["data.eval_split=val"])
+    pool_fs = _train_features(val, "v0", out, device="cpu", data_root=None)
+    train = build_dataset("mnist-mini", split="train", train_transform=False)
+    pool, held = training_pool(val, dataset_labels(train))
+    np.testing.assert_array_equal(pool_fs.ids, dataset_ids(train)[pool])
+    assert pool_fs.n == full.n - len(held) and not set(pool_fs.ids) & set(dataset_ids(train)[held])

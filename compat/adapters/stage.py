@@ -91,18 +91,20 @@ def _train_features(recipe, name: str, out: Path, *, device: str, data_root: str
     model_path = out / name / "model.pt"
     digest = file_digest(model_path)
     path = out / "features" / "train" / f"{name}.npz"
+    d = recipe.data
+    # eval_split val: the held-out images are for evaluation only, the adapters train on the rest
+    split = "train" if d.eval_split != "val" else f"train-without-val-{d.val_fraction:g}"
     if path.is_file():
         cached = load_features(path)
-        if cached.meta.get("checkpoint") == digest:
+        if cached.meta.get("checkpoint") == digest and cached.meta.get("split") == split:
             return cached
-    d = recipe.data
     ds = build_dataset(d.dataset, root=data_root or d.root, split="train", download=d.download,
                        train_transform=False)
     pool, _ = training_pool(recipe, dataset_labels(ds))
-    if pool is not None:  # eval_split val: the held-out images are for evaluation only
+    if pool is not None:
         ds = Subset(ds, pool.tolist())
     model = load_model(model_path, device=device)
-    meta = {"version": name, "dataset": d.dataset, "split": "train", "recipe": recipe.name, "checkpoint": digest}
+    meta = {"version": name, "dataset": d.dataset, "split": split, "recipe": recipe.name, "checkpoint": digest}
     fs = extract_features(model, ds, labels=dataset_labels(ds), ids=dataset_ids(ds), device=device,
                           batch_size=recipe.train.eval_batch_size, num_workers=d.num_workers, meta=meta)
     save_features(fs, path)
