@@ -118,7 +118,7 @@ def run_ok(out: Path, *args: str | Path) -> dict:
 
 
 def check_schema(doc: dict, names: list[str], protocol: str, metrics: list[str]) -> None:
-    assert set(doc) == {"versions", "protocol", "metrics", "summary"}
+    assert set(doc) == {"versions", "protocol", "metrics", "summary", "queries"}
     assert doc["versions"] == names
     assert doc["protocol"] == protocol
     assert list(doc["metrics"]) == metrics
@@ -134,6 +134,15 @@ def check_schema(doc: dict, names: list[str], protocol: str, metrics: list[str])
                 else:
                     assert isinstance(matrix[i][j], float) and 0.0 <= matrix[i][j] <= 1.0, (m, i, j)
         assert set(doc["summary"][m]) == SUMMARY_KEYS
+    counts = doc["queries"]
+    assert len(counts) == t and all(len(row) == t for row in counts)
+    for i in range(t):
+        for j in range(t):
+            if j > i:
+                assert counts[i][j] is None
+            else:
+                assert set(counts[i][j]) == {"n", "without_positive"}
+                assert counts[i][j]["n"] > 0 and 0 <= counts[i][j]["without_positive"] <= counts[i][j]["n"]
 
 
 def check_cells(doc: dict, cells: dict[tuple[int, int], tuple[FeatureSet, FeatureSet]], evaluator) -> None:
