@@ -90,6 +90,11 @@ def test_compat_json_matches_design_schema_for_three_versions(tmp_path: Path) ->
                 "update_gain": None,
             },
         },
+        "queries": [
+            [{"n": 100, "without_positive": 0}, None, None],
+            [{"n": 100, "without_positive": 0}, {"n": 100, "without_positive": 0}, None],
+            [{"n": 100, "without_positive": 3}, {"n": 100, "without_positive": 0}, {"n": 100, "without_positive": 0}],
+        ],
     }
     assert_same(doc, expected)
 
@@ -105,6 +110,7 @@ def test_compat_json_for_a_single_version_has_nulls(tmp_path: Path) -> None:
             "cmc@1": {"ac": None, "am": 0.9, "bc": None, "fc": None, "ecc": [[None]], "update_gain": None},
             "map": {"ac": None, "am": 0.6, "bc": None, "fc": None, "ecc": [[None]], "update_gain": None},
         },
+        "queries": [[{"n": 100, "without_positive": 0}]],
     }
     assert_same(doc, expected)
 
@@ -113,7 +119,7 @@ def test_extra_json_keys_are_merged_at_top_level(tmp_path: Path) -> None:
     write_reports(chain1(), tmp_path, extra_json={"dim_policy": "truncate"})
     doc = json.loads((tmp_path / "compat.json").read_text())
     assert doc["dim_policy"] == "truncate"
-    assert list(doc) == ["versions", "protocol", "metrics", "summary", "dim_policy"]
+    assert list(doc) == ["versions", "protocol", "metrics", "summary", "queries", "dim_policy"]
 
 
 def test_markdown_shows_percent_and_compatibility_marks() -> None:
