@@ -30,6 +30,11 @@ def _labels(labels: Sequence[int] | np.ndarray) -> np.ndarray:
     return array.astype(np.int64, copy=False)
 
 
+def _share(fraction: float, n: int) -> int:
+    """``fraction`` of ``n`` items, rounded half up, at least one: one class's cut in a stratified split."""
+    return max(1, int(np.floor(fraction * n + 0.5)))
+
+
 def class_schedule(classes: Sequence[int] | np.ndarray, *, initial: int, increment: int) -> list[list[int]]:
     """Cut an ordered list of classes into tasks: ``initial`` classes, then ``increment`` per task.
 
@@ -137,7 +142,7 @@ def fraction_subsets(
     for members in groups:
         order = rng.permutation(members)
         for position, fraction in enumerate(fracs):
-            count = max(1, int(np.floor(fraction * len(order) + 0.5))) if len(order) else 0
+            count = _share(fraction, len(order)) if len(order) else 0
             subsets[position].append(order[:count])
     return [np.sort(np.concatenate(parts)).astype(np.int64) if parts else np.empty(0, np.int64) for parts in subsets]
 
@@ -168,7 +173,7 @@ def hold_out(labels: Sequence[int] | np.ndarray, fraction: float, *, seed: int) 
         order = rng.permutation(np.flatnonzero(labels == c))
         if len(order) < 2:
             raise CompatError(f"hold_out: class {int(c)} has {len(order)} item; two are needed to hold one out")
-        count = min(len(order) - 1, max(1, int(np.floor(fraction * len(order) + 0.5))))
+        count = min(len(order) - 1, _share(fraction, len(order)))
         held.append(order[:count])
         rest.append(order[count:])
     if not held:

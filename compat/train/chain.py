@@ -193,11 +193,14 @@ def train_chain(
     train_ds = build_dataset(d.dataset, root=root, split="train", download=d.download, train_transform=True)
     labels = dataset_labels(train_ds)
     pool, held_out = training_pool(recipe, labels)
+    # the training images without augmentation: built once, for the held-out evaluation images and
+    # for the cached old / teacher features
+    cache_ds = None
     if held_out is None:
         eval_ds = build_dataset(d.dataset, root=root, split=d.eval_split, download=d.download, train_transform=False)
     else:
-        eval_ds = Subset(build_dataset(d.dataset, root=root, split="train", download=d.download,
-                                       train_transform=False), held_out.tolist())
+        cache_ds = build_dataset(d.dataset, root=root, split="train", download=d.download, train_transform=False)
+        eval_ds = Subset(cache_ds, held_out.tolist())
     num_classes = int(labels.max()) + 1
     plans = plan_versions(recipe, labels, pool)
     method_opts = dict(recipe.method.options)
@@ -216,7 +219,6 @@ def train_chain(
     previous: EmbeddingModel | None = None
     previous_spec: dict[str, Any] | None = None
     previous_classes: list[int] | None = None
-    cache_ds = None
     try:
         last = len(plans) - 1
         for plan in plans:
