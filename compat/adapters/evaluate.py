@@ -40,14 +40,9 @@ from compat.adapters.backfill import (
     beta_grid,
     parse_ordering,
 )
-from compat.compatibility.matrix import (
-    Cell,
-    CompatibilityReport,
-    DimPolicy,
-    Version,
-    apply_dim_policy,
-    evaluate_chain,
-)
+from compat.choices import parse_choice
+from compat.compatibility.cell import DimPolicy, apply_dim_policy, evaluate_cell
+from compat.compatibility.matrix import Cell, CompatibilityReport, Version, evaluate_chain
 from compat.errors import CompatError
 from compat.features import FeatureSet
 from compat.retrieval.evaluator import RetrievalEvaluator
@@ -216,10 +211,7 @@ def evaluate_with_adapters(
     """
     adapters = dict(adapters or {})
     by_cell = _check_pairs(versions, adapters)
-    try:
-        policy = DimPolicy(dim_policy)
-    except ValueError:
-        raise CompatError(f"dim_policy: unknown value {dim_policy!r}; expected error, truncate or pad") from None
+    policy = parse_choice(DimPolicy, dim_policy, "dim_policy")
 
     def transform(cell: Cell, query: np.ndarray, gallery: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         adapter = by_cell.get((cell.i, cell.j))
@@ -249,12 +241,6 @@ def evaluate_with_adapters(
     return AdaptedChainReport(report, tuple(cells_out), tuple(curves_out))
 
 
-def _evaluate(evaluator: RetrievalEvaluator, q: np.ndarray, qfs: FeatureSet, g: np.ndarray, gfs: FeatureSet,
-              where: str) -> dict[str, float]:
-    result = evaluator.evaluate_arrays(q, qfs.labels, qfs.ids, g, gfs.labels, gfs.ids, where=where)
-    return dict(result.values)
-
-
 def _adapter_cells(report: CompatibilityReport, evaluator: RetrievalEvaluator, adapter: Adapter, new: Version,
                    old: Version, i: int, j: int, raw_policy: DimPolicy) -> dict[str, dict[str, float]]:
     m = report.matrices
@@ -263,15 +249,14 @@ def _adapter_cells(report: CompatibilityReport, evaluator: RetrievalEvaluator, a
         NEW_NEW: {k: m[k][i][i] for k in report.metrics},
     }
     where = f"{new.name} on {old.name}"
-    q_raw, g_raw = apply_dim_policy(new.queries.features, old.gallery.features, raw_policy, where=where)
-    cells[NEW_OLD] = _evaluate(evaluator, q_raw, new.queries, g_raw, old.gallery, f"{where} (raw)")
+    cells[NEW_OLD] = dict(evaluate_cell(evaluator, new.queries, old.gallery, dim_policy=raw_policy,
+                                        where=f"{where} (raw)").values)
     cells[B_OLD] = {k: m[k][i][j] for k in report.metrics}
-    queries = adapter.to_old(new.queries.features)
     if adapter.has_forward:
-        cells[B_F] = _evaluate(evaluator, queries, new.queries, adapter.upgrade(old.gallery.features), old.gallery,
-                               f"B({new.name}) on F({old.name})")
-    cells[B_B] = _evaluate(evaluator, queries, new.queries, adapter.to_old(new.gallery.features), new.gallery,
-                           f"B({new.name}) on B({new.name})")
+        cells[B_F] = dict(evaluate_cell(evaluator, new.queries, old.gallery, where=f"B({new.name}) on F({old.name})",
+                                        transform=lambda q, g: (adapter.to_old(q), adapter.upgrade(g))).values)
+    cells[B_B] = dict(evaluate_cell(evaluator, new.queries, new.gallery, where=f"B({new.name}) on B({new.name})",
+                                    transform=lambda q, g: (adapter.to_old(q), adapter.to_old(g))).values)
     return cells
 
 

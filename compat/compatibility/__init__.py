@@ -1,13 +1,7 @@
 """Compatibility over a chain of model versions: the matrix, its summaries and reports."""
 
-from compat.compatibility.matrix import (
-    Cell,
-    CompatibilityReport,
-    DimPolicy,
-    Version,
-    apply_dim_policy,
-    evaluate_chain,
-)
+from compat.compatibility.cell import DimPolicy, apply_dim_policy, compatible_dim, evaluate_cell
+from compat.compatibility.matrix import Cell, CompatibilityReport, Version, evaluate_chain
 from compat.compatibility.summary import MetricSummary, ecc_matrix, summarize, update_gain
 
 __all__ = [
@@ -17,7 +11,9 @@ __all__ = [
     "MetricSummary",
     "Version",
     "apply_dim_policy",
+    "compatible_dim",
     "ecc_matrix",
+    "evaluate_cell",
     "evaluate_chain",
     "summarize",
     "update_gain",

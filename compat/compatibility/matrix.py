@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from enum import Enum
+from functools import partial
 
 import numpy as np
 
+from compat.choices import parse_choice
+from compat.compatibility.cell import DimPolicy, evaluate_cell
 from compat.compatibility.summary import MetricSummary, summarize
 from compat.errors import CompatError
 from compat.features import FeatureSet
@@ -25,26 +27,11 @@ __all__ = [
     "Cell",
     "CellTransform",
     "CompatibilityReport",
-    "DimPolicy",
     "Version",
-    "apply_dim_policy",
     "evaluate_chain",
 ]
 
 logger = logging.getLogger(__name__)
-
-
-class DimPolicy(str, Enum):
-    """What to do when query and gallery features differ in size.
-
-    ``error``: refuse. ``truncate``: keep the first min(d_q, d_g) coordinates of both (BT^2 / FCT
-    evaluation: a longer new feature's first coordinates are the old-compatible part).
-    ``pad``: zero-pad the shorter one to the longer size.
-    """
-
-    ERROR = "error"
-    TRUNCATE = "truncate"
-    PAD = "pad"
 
 
 @dataclass(frozen=True)
@@ -121,58 +108,6 @@ class CompatibilityReport:
         return self.matrices[metric][self.versions.index(query_version)][self.versions.index(gallery_version)]
 
 
-def apply_dim_policy(
-    query: np.ndarray,
-    gallery: np.ndarray,
-    policy: DimPolicy,
-    *,
-    where: str = "cell",
-    compatible_dim: int | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Bring query (Nq, Dq) and gallery (Ng, Dg) to one feature size.
-
-    When the query's version declares ``compatible_dim`` c (the leading coordinates it was trained
-    to share with older versions: BT^2's old dimension, BCT's truncated prefix), that statement
-    decides: the first min(c, Dg) query coordinates meet the gallery, zero-padded to Dg when c < Dg.
-    Otherwise ``policy`` does. Equal sizes are never changed (a version against itself uses its
-    whole feature).
-    """
-    dq, dg = query.shape[1], gallery.shape[1]
-    if dq == dg:
-        return query, gallery
-    if compatible_dim is not None:
-        c = min(compatible_dim, dq)
-        return (query[:, :dg], gallery) if c >= dg else (_zero_pad(query[:, :c], dg), gallery)
-    if policy is DimPolicy.ERROR:
-        raise CompatError(
-            f"{where}: feature sizes differ (queries {dq}, gallery {dg}); pass a dimension policy "
-            "(--dim-policy truncate or pad) or an adapter"
-        )
-    if policy is DimPolicy.TRUNCATE:
-        d = min(dq, dg)
-        return query[:, :d], gallery[:, :d]
-    d = max(dq, dg)
-    return _zero_pad(query, d), _zero_pad(gallery, d)
-
-
-def _compatible_dim(features: FeatureSet) -> int | None:
-    """The ``compatible_dim`` a feature set's metadata declares (validated), or None."""
-    value = features.meta.get("compatible_dim")
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise CompatError(f"{features.source}: meta field compatible_dim: expected a positive integer, got {value!r}")
-    return value
-
-
-def _zero_pad(x: np.ndarray, d: int) -> np.ndarray:
-    if x.shape[1] == d:
-        return x
-    out = np.zeros((x.shape[0], d), dtype=np.float32)
-    out[:, : x.shape[1]] = x
-    return out
-
-
 def _check_versions(versions: Sequence[Version]) -> None:
     if not versions:
         raise CompatError("versions: at least one version is needed")
@@ -206,10 +141,7 @@ def evaluate_chain(
         progress: called after each cell.
     """
     _check_versions(versions)
-    try:
-        policy = DimPolicy(dim_policy)
-    except ValueError:
-        raise CompatError(f"dim_policy: unknown value {dim_policy!r}; expected error, truncate or pad") from None
+    policy = parse_choice(DimPolicy, dim_policy, "dim_policy")
     t = len(versions)
     names = tuple(v.name for v in versions)
     metric_names = evaluator.metric_names
@@ -219,18 +151,9 @@ def evaluate_chain(
         for j in range(i + 1):
             gv = versions[j]
             cell = Cell(i, j, qv.name, gv.name)
-            q, g = transform(cell, qv.queries.features, gv.gallery.features)
             where = f"cell {qv.name} on {gv.name} ({qv.queries.source} on {gv.gallery.source})"
-            q, g = apply_dim_policy(q, g, policy, where=where, compatible_dim=_compatible_dim(qv.queries))
-            result = evaluator.evaluate_arrays(
-                q,
-                qv.queries.labels,
-                qv.queries.ids,
-                g,
-                gv.gallery.labels,
-                gv.gallery.ids,
-                where=where,
-            )
+            result = evaluate_cell(evaluator, qv.queries, gv.gallery, dim_policy=policy,
+                                   transform=partial(transform, cell), where=where)
             for m in metric_names:
                 matrices[m][i][j] = result.values[m]
             counts[i][j] = CellCount(result.n_queries, result.n_without_positive)

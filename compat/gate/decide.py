@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from compat.compatibility.matrix import DimPolicy, apply_dim_policy
+from compat.choices import parse_choice
+from compat.compatibility.cell import DimPolicy, evaluate_cell
 from compat.errors import CompatError
 from compat.features import FeatureSet
 from compat.gate.bootstrap import DEFAULT_RESAMPLES, Interval, Statistic, bootstrap_ci
@@ -147,10 +148,7 @@ class _Cells:
         if key not in self._cache:
             query, gallery = self.models[q], self.models[g]
             where = f"cell {q} on {g} ({query.source} on {gallery.source})"
-            qf, gf = apply_dim_policy(query.features, gallery.features, self.dim_policy, where=where)
-            result = self.evaluator.evaluate_arrays(
-                qf, query.labels, query.ids, gf, gallery.labels, gallery.ids, where=where
-            )
+            result = evaluate_cell(self.evaluator, query, gallery, dim_policy=self.dim_policy, where=where)
             logger.info("%s on %s: %s", q, g, result.values)
             self._cache[key] = result
         return self._cache[key]
@@ -159,7 +157,8 @@ class _Cells:
         """(N, len(cells)) per-query values of ``metric``, one row per query id counted in every cell.
 
         Returns:
-            The columns and the (N,) query ids of the rows.
+            The columns and each column's mean. A mean is taken in its query set's own row order, so
+            that when every query of a cell is paired it is exactly the cell's value (``compat eval``'s).
         """
         results = [self.get(q, g) for q, g in cells]
         kinds = {self.models[q].ids.dtype.kind for q, _ in cells}
@@ -177,11 +176,12 @@ class _Cells:
                 f"check {check!r}: no query id has a positive in every cell ({names}); the versions must "
                 "share their evaluation items (same ids)"
             )
-        columns = []
+        columns, means = [], []
         for (q, _), result in zip(cells, results, strict=True):
             rows = match_ids(common, self.models[q].ids, required=True, where=f"check {check!r}")
             columns.append(result.per_query[metric][rows])
-        return np.stack(columns, axis=1), common
+            means.append(result.per_query[metric][np.sort(rows)].mean())
+        return np.stack(columns, axis=1), np.array(means)
 
 
 def _difference(means: np.ndarray) -> np.ndarray:
@@ -254,10 +254,7 @@ def run_gate(
         CompatError: bad input (sizes, ids, a metric the evaluator does not compute, a required
             check without its input).
     """
-    try:
-        dims = DimPolicy(dim_policy)
-    except ValueError:
-        raise CompatError(f"dim_policy: unknown value {dim_policy!r}; expected error, truncate or pad") from None
+    dims = parse_choice(DimPolicy, dim_policy, "dim_policy")
     evaluator = evaluator or RetrievalEvaluator(policy.metrics)
     if evaluator.protocol is Protocol.PAIRS:
         raise CompatError("protocol: the gate needs per-query values; use protocol loo or template, not pairs")
@@ -312,9 +309,8 @@ def _run_check(
     spec: CheckSpec, cells: _Cells, older: list[str], confidence: float, n_resamples: int, seed: int
 ) -> CheckResult:
     pairs, statistic = _cells_of(spec, older)
-    columns, _ = cells.paired(pairs, spec.metric, spec.label)
+    columns, means = cells.paired(pairs, spec.metric, spec.label)
     ci = bootstrap_ci(columns, statistic, n_resamples=n_resamples, confidence=confidence, seed=seed)
-    means = columns.mean(axis=0)
     details: list[dict[str, Any]] = []
     note = ""
     if spec.kind is CheckKind.MAX_DROP:

@@ -180,7 +180,11 @@ class Recipe(_Strict):
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """Apply ``key.sub=value`` overrides (values parsed as YAML) to a raw recipe dict."""
+    """Apply ``key.sub=value`` overrides (values parsed as YAML) to a raw recipe dict.
+
+    A key part that meets a list is an index into it (``versions.1.feature_dim=96``); an index
+    outside the list is an error naming the key. ``raw`` itself is not changed.
+    """
     out = dict(raw)
     for item in overrides:
         key, sep, text = item.partition("=")
@@ -190,15 +194,29 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
             value = yaml.safe_load(text)
         except yaml.YAMLError:
             value = text
-        node = out
-        parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.get(part)
-            child = dict(child) if isinstance(child, dict) else {}
-            node[part] = child
-            node = child
-        node[parts[-1]] = value
+        _set_path(out, key.split("."), value)
     return out
+
+
+def _set_path(root: dict[str, Any], parts: list[str], value: Any) -> None:
+    """Set ``parts`` under ``root`` to ``value``, copying every container on the way (dicts are
+    created where missing; lists are indexed, never grown)."""
+    container: dict[str, Any] | list[Any] = root
+    for depth, part in enumerate(parts):
+        slot: Any = _list_index(container, part, ".".join(parts[: depth + 1])) if isinstance(container, list) else part
+        if depth == len(parts) - 1:
+            container[slot] = value
+            return
+        child = container[slot] if isinstance(container, list) else container.get(slot)
+        child = dict(child) if isinstance(child, dict) else list(child) if isinstance(child, list) else {}
+        container[slot] = child
+        container = child
+
+
+def _list_index(items: list[Any], part: str, where: str) -> int:
+    if not part.isdigit() or int(part) >= len(items):
+        raise CompatError(f"--set {where}: expected an index 0..{len(items) - 1} of a list of {len(items)} items")
+    return int(part)
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
