@@ -303,8 +303,8 @@ def adapt_command(old_path: Path, new_path: Path, kind: str, lam: float, alpha: 
     features to the space of B(NEW) (to upgrade the stored gallery without re-running images).
     """
     from compat.adapters import AdapterConfig, fit_adapter, save_adapter
+    from compat.device import resolve_device
     from compat.features import load_features
-    from compat.retrieval.knn import resolve_device
 
     if out.suffix != ".npz":
         raise CompatError(f"--out {out}: an adapter file must end in .npz")
@@ -347,7 +347,7 @@ def train_command(recipe: Path, overrides: tuple[str, ...], data_root: str | Non
     With an 'adapters' section, then train adapters between the frozen versions and evaluate them.
     """
     from compat.compatibility.report import render_markdown
-    from compat.retrieval.knn import resolve_device
+    from compat.device import resolve_device
     from compat.train import load_recipe, train_chain
 
     cfg = load_recipe(recipe, overrides)
@@ -380,8 +380,8 @@ def extract_command(checkpoint: Path, dataset: str, split: str, data_root: str |
                     batch_size: int, version_name: str | None) -> None:
     """Extract the retrieval features of a dataset split with a trained model."""
     from compat.data import build_dataset, dataset_ids, dataset_labels
+    from compat.device import resolve_device
     from compat.features import save_features
-    from compat.retrieval.knn import resolve_device
     from compat.train import extract_features, load_model
     from compat.train.extract import file_digest
 

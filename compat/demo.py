@@ -164,11 +164,11 @@ def run_demo(
     """
     from compat.compatibility.matrix import Version, evaluate_chain
     from compat.compatibility.report import write_reports
+    from compat.device import resolve_device
     from compat.features import load_features
     from compat.gate import load_policy, run_gate
     from compat.gate import write_reports as write_gate_reports
     from compat.retrieval.evaluator import RetrievalEvaluator
-    from compat.retrieval.knn import resolve_device
     from compat.train import train_chain
 
     settings = settings or DemoSettings()

@@ -64,7 +64,7 @@ def test_unknown_dataset_names_choices_and_closest_match():
 
 
 def test_unknown_split_is_an_error():
-    with pytest.raises(CompatError, match="unknown split 'val'"):
+    with pytest.raises(CompatError, match="split: unknown value 'val'; expected one of train, test"):
         build_dataset("mnist-mini", split="val", train_transform=False)
 
 

@@ -654,7 +654,7 @@ def pixels_backbone():
     from compat.models import backbones
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(backbones._BACKBONES, BACKBONE, _Pixels)
+        mp.setitem(backbones.BACKBONES._entries, BACKBONE, _Pixels)
         yield BACKBONE
 
 

@@ -25,6 +25,7 @@ from enum import Enum
 import numpy as np
 
 from compat.adapters.adapter import normalize_rows
+from compat.choices import parse_choice
 from compat.errors import CompatError
 from compat.retrieval.evaluator import RetrievalEvaluator
 
@@ -49,11 +50,7 @@ class Ordering(str, Enum):
 
 
 def parse_ordering(value: Ordering | str) -> Ordering:
-    try:
-        return Ordering(value)
-    except ValueError:
-        choices = ", ".join(o.value for o in Ordering)
-        raise CompatError(f"backfill ordering: unknown value {value!r}; expected one of {choices}") from None
+    return parse_choice(Ordering, value, "backfill ordering")
 
 
 def _class_means(x: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -38,6 +38,7 @@ from compat.adapters.modules import (
     build_forward,
     procrustes,
 )
+from compat.choices import parse_choice
 from compat.errors import CompatError
 from compat.features import FeatureSet
 
@@ -84,11 +85,7 @@ class AdapterConfig:
 
     def __post_init__(self) -> None:
         for name, enum_cls in (("kind", BackwardKind), ("forward", ForwardKind)):
-            try:
-                object.__setattr__(self, name, enum_cls(getattr(self, name)))
-            except ValueError:
-                choices = ", ".join(k.value for k in enum_cls)
-                raise CompatError(f"adapter {name}: unknown value {getattr(self, name)!r}; expected {choices}") from None
+            object.__setattr__(self, name, parse_choice(enum_cls, getattr(self, name), f"adapter {name}"))
         if not self.lam >= 0:
             raise CompatError(f"adapter lambda: expected a radius >= 0 or inf, got {self.lam!r}")
         if self.epochs < 1 or self.batch_size < 2 or not self.lr > 0 or self.hidden < 1:

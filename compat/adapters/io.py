@@ -28,6 +28,7 @@ import torch
 from compat._atomic import atomic_path
 from compat.adapters.adapter import Adapter, AdapterInfo
 from compat.adapters.modules import BackwardKind, ForwardKind, LinearMap, build_forward
+from compat.choices import parse_choice
 from compat.errors import CompatError
 from compat.features import read_npz_member
 
@@ -143,11 +144,8 @@ def _info(meta: dict[str, Any], p: Path) -> AdapterInfo:
     unknown = sorted(set(meta) - _META_KEYS)
     if unknown:
         raise CompatError(f"{p}: meta has unknown key(s) {', '.join(unknown)}")
-    try:
-        kind = BackwardKind(meta.get("kind"))
-        forward = ForwardKind(meta.get("forward"))
-    except ValueError as exc:
-        raise CompatError(f"{p}: meta 'kind' / 'forward': {exc}") from None
+    kind = parse_choice(BackwardKind, meta.get("kind"), f"{p}: meta 'kind'")
+    forward = parse_choice(ForwardKind, meta.get("forward"), f"{p}: meta 'forward'")
     dims = {k: meta.get(k) for k in ("new_dim", "old_dim", "dim")}
     if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in dims.values()):
         raise CompatError(f"{p}: meta new_dim, old_dim and dim must be positive integers, got {dims}")

@@ -8,7 +8,6 @@ from ``datasets.yaml``. torchvision datasets are only downloaded when the caller
 
 from __future__ import annotations
 
-import difflib
 import functools
 import os
 from collections.abc import Callable, Mapping
@@ -20,10 +19,12 @@ from typing import Any, TypeAlias
 import numpy as np
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
+from compat.choices import parse_choice
 from compat.data.info import DatasetInfo, dataset_info
 from compat.data.mnist_mini import MnistMini
 from compat.data.transforms import build_transform
 from compat.errors import CompatError
+from compat.registry import Registry
 
 __all__ = [
     "DatasetRoot",
@@ -184,18 +185,18 @@ def _imagefolder(request: _Request) -> _Built:
     return base, labels, np.arange(len(labels), dtype=np.int64), list(base.classes)
 
 
-_DATASETS: dict[str, Callable[[_Request], _Built]] = {
+DATASETS: Registry[Callable[[_Request], _Built]] = Registry("dataset", {
     "mnist": functools.partial(_torchvision, "MNIST", "MNIST/raw"),
     "mnist-mini": _mnist_mini,
     "cifar10": functools.partial(_torchvision, "CIFAR10", "cifar-10-batches-py"),
     "cifar100": functools.partial(_torchvision, "CIFAR100", "cifar-100-python"),
     "imagefolder": _imagefolder,
-}
+})
 
 
 def list_datasets() -> list[str]:
     """Names accepted by :func:`build_dataset`."""
-    return sorted(_DATASETS)
+    return DATASETS.names()
 
 
 def build_dataset(
@@ -224,14 +225,8 @@ def build_dataset(
     Returns:
         An :class:`ImageDataset` with ``labels`` and ``ids`` as int64 arrays.
     """
-    if name not in _DATASETS:
-        close = difflib.get_close_matches(name, _DATASETS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise CompatError(f"dataset: unknown dataset {name!r}{hint}; expected one of {', '.join(list_datasets())}")
-    try:
-        split = Split(split)
-    except ValueError:
-        raise CompatError(f"dataset {name}: unknown split {split!r}; expected 'train' or 'test'") from None
+    build = DATASETS.get(name)
+    split = parse_choice(Split, split, f"dataset {name}: split")
     info = dataset_info(name)
     if image_size is not None and image_size != info.image_size and info.resize is None:
         raise CompatError(f"dataset {name}: images are {info.image_size} pixels; image_size is for imagefolder only")
@@ -239,7 +234,7 @@ def build_dataset(
         raise CompatError(f"dataset {name}: image_size must be positive, got {image_size}")
     transform = build_transform(info, train=train_transform, image_size=image_size)
     request = _Request(info=info, root=root, split=split, download=download, transform=transform)
-    base, labels, ids, classes = _DATASETS[name](request)
+    base, labels, ids, classes = build(request)
     return ImageDataset(base, info=info, split=split, labels=labels, ids=ids, classes=classes)
 
 

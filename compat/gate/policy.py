@@ -11,10 +11,9 @@ import math
 from enum import Enum
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from compat.errors import CompatError
+from compat.configfile import read_yaml_mapping, validate_model
 from compat.retrieval.metrics import parse_metric
 
 __all__ = ["DEFAULT_POLICY", "CheckKind", "CheckSpec", "GatePolicy", "load_policy"]
@@ -133,18 +132,4 @@ def load_policy(path: str | Path | None = None) -> GatePolicy:
             message names the file and the key).
     """
     p = DEFAULT_POLICY if path is None else Path(path)
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise CompatError(f"{p}: cannot read the gate policy ({exc.strerror or exc})") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise CompatError(f"{p}: not valid YAML ({' '.join(str(exc).split())})") from None
-    if not isinstance(raw, dict):
-        raise CompatError(f"{p}: a gate policy must be a mapping with a 'checks' list")
-    try:
-        return GatePolicy.model_validate(raw)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(x) for x in err["loc"]) or "(policy)"
-        what = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        raise CompatError(f"{p}: {key}: {' '.join(str(what).split())}") from None
+    return validate_model(GatePolicy, read_yaml_mapping(p, "gate policy"), p)

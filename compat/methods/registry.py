@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from typing import Any
 
@@ -14,10 +13,11 @@ from compat.methods.cl2r import CL2R
 from compat.methods.cores import CoReS
 from compat.methods.hoc import HOC
 from compat.methods.independent import Independent
+from compat.registry import Registry
 
-__all__ = ["build_method", "list_methods", "register_method"]
+__all__ = ["METHODS", "build_method", "list_methods", "register_method"]
 
-_METHODS: dict[str, Callable[..., Method]] = {
+METHODS: Registry[Callable[..., Method]] = Registry("method", {
     "independent": Independent,
     "cores": CoReS,
     "hoc": HOC,
@@ -25,27 +25,22 @@ _METHODS: dict[str, Callable[..., Method]] = {
     "bct": BCT,
     "l2": L2Regression,
     "bt2": BT2,
-}
+})
 
 
 def register_method(name: str, builder: Callable[..., Method]) -> None:
     """Add a method of your own (a :class:`Method` subclass or a factory) under ``name``."""
-    if name in _METHODS:
-        raise CompatError(f"method: {name!r} is already registered")
-    _METHODS[name] = builder
+    METHODS.add(name, builder)
 
 
 def list_methods() -> list[str]:
-    return sorted(_METHODS)
+    return METHODS.names()
 
 
 def build_method(name: str, **options: Any) -> Method:
     """Build a method by name with keyword options; unknown names and options are errors."""
-    if name not in _METHODS:
-        close = difflib.get_close_matches(name, _METHODS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise CompatError(f"method: unknown method {name!r}{hint}; expected one of {', '.join(list_methods())}")
+    builder = METHODS.get(name)
     try:
-        return _METHODS[name](**options)
+        return builder(**options)
     except TypeError as exc:
         raise CompatError(f"method {name!r}: {exc}") from None

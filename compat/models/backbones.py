@@ -7,7 +7,6 @@ module's own table; nothing else is touched on import. Every backbone exposes ``
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Callable
 from pathlib import Path
@@ -17,8 +16,10 @@ import torch
 from torch import Tensor, nn
 
 from compat.errors import CompatError
+from compat.registry import Registry
 
 __all__ = [
+    "BACKBONES",
     "CifarResNet",
     "SmallCNN",
     "build_backbone",
@@ -29,7 +30,7 @@ __all__ = [
 BackboneBuilder = Callable[..., nn.Module]
 _Builder = TypeVar("_Builder", bound=BackboneBuilder)
 
-_BACKBONES: dict[str, BackboneBuilder] = {}
+BACKBONES: Registry[BackboneBuilder] = Registry("backbone")
 
 
 def register_backbone(name: str) -> Callable[[_Builder], _Builder]:
@@ -38,19 +39,12 @@ def register_backbone(name: str) -> Callable[[_Builder], _Builder]:
     The builder takes keyword options and returns an ``nn.Module`` with an ``out_dim`` attribute
     that maps (N, C, H, W) images to (N, out_dim) features.
     """
-
-    def decorator(builder: _Builder) -> _Builder:
-        if name in _BACKBONES:
-            raise CompatError(f"backbone: {name!r} is already registered")
-        _BACKBONES[name] = builder
-        return builder
-
-    return decorator
+    return BACKBONES.register(name)
 
 
 def list_backbones() -> list[str]:
     """Names of the registered backbones, sorted."""
-    return sorted(_BACKBONES)
+    return BACKBONES.names()
 
 
 def build_backbone(name: str, **kwargs: Any) -> nn.Module:
@@ -63,14 +57,7 @@ def build_backbone(name: str, **kwargs: Any) -> nn.Module:
     Returns:
         Module mapping (N, C, H, W) images to (N, out_dim) features, with an ``out_dim`` attribute.
     """
-    builder = _BACKBONES.get(name)
-    if builder is None:
-        choices = list_backbones()
-        message = f"backbone: unknown backbone {name!r}; choices: {', '.join(choices)}"
-        close = difflib.get_close_matches(str(name), choices, n=1)
-        if close:
-            message += f"; did you mean {close[0]!r}?"
-        raise CompatError(message)
+    builder = BACKBONES.get(name)
     params = inspect.signature(builder).parameters
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         unknown = sorted(set(kwargs) - set(params))

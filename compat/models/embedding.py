@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 
 from torch import Tensor, nn
 
+from compat.choices import parse_choice
 from compat.errors import CompatError
 from compat.models.backbones import build_backbone
 from compat.models.basis import BasisTransform
@@ -155,11 +156,7 @@ def build_model(
     Returns:
         The model, randomly initialised (torch's global RNG).
     """
-    try:
-        kind = HeadKind(head)
-    except ValueError:
-        choices = ", ".join(k.value for k in HeadKind)
-        raise CompatError(f"head: unknown head {head!r}; expected one of {choices}") from None
+    kind = parse_choice(HeadKind, head, "head")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise CompatError(f"num_classes: expected a positive integer, got {num_classes!r}")
     net = build_backbone(backbone, **(backbone_kwargs or {}))

@@ -7,6 +7,8 @@ from enum import Enum
 
 import numpy as np
 
+from compat.choices import parse_choice
+from compat.device import resolve_device
 from compat.errors import CompatError
 from compat.features import FeatureSet
 from compat.retrieval.knn import (
@@ -15,7 +17,6 @@ from compat.retrieval.knn import (
     Similarity,
     parse_memory_budget,
     resolve_backend,
-    resolve_device,
 )
 from compat.retrieval.metrics import Metric, MetricKind, RetrievalResult, parse_metrics
 from compat.retrieval.protocols import leave_one_out, pair_verification, template_identification
@@ -36,14 +37,6 @@ _ALLOWED = {
     Protocol.TEMPLATE: {MetricKind.CMC, MetricKind.MAP},
     Protocol.PAIRS: {MetricKind.ACC},
 }
-
-
-def _choice(enum_cls: type[Enum], value: object, field: str):
-    try:
-        return enum_cls(value)
-    except ValueError:
-        choices = ", ".join(m.value for m in enum_cls)
-        raise CompatError(f"{field}: unknown value {value!r}; expected one of {choices}") from None
 
 
 class RetrievalEvaluator:
@@ -82,7 +75,7 @@ class RetrievalEvaluator:
         seed: int = 0,
         threads: int | None = None,
     ):
-        self.protocol: Protocol = _choice(Protocol, protocol, "protocol")
+        self.protocol: Protocol = parse_choice(Protocol, protocol, "protocol")
         if metrics is None:
             metrics = ("acc",) if self.protocol is Protocol.PAIRS else DEFAULT_METRICS
         self.metrics: tuple[Metric, ...] = parse_metrics(tuple(metrics))
@@ -94,7 +87,7 @@ class RetrievalEvaluator:
                 raise CompatError(
                     f"metric: {m.name!r} is not defined for protocol {self.protocol.value!r}; expected {allowed}"
                 )
-        self.similarity: Similarity = _choice(Similarity, similarity, "similarity")
+        self.similarity: Similarity = parse_choice(Similarity, similarity, "similarity")
         self.device = resolve_device(device)
         self.backend = resolve_backend(backend, self.device)
         self.memory_budget = parse_memory_budget(memory_budget)

@@ -19,9 +19,11 @@ from enum import Enum
 
 import numpy as np
 
+from compat.choices import parse_choice
+from compat.device import resolve_device
 from compat.errors import CompatError
 
-__all__ = ["Backend", "Similarity", "knn", "parse_memory_budget", "resolve_backend", "resolve_device"]
+__all__ = ["Backend", "Similarity", "knn", "parse_memory_budget", "resolve_backend"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,14 +49,6 @@ class Backend(str, Enum):
     FAISS = "faiss"
 
 
-def _enum(enum_cls: type[Enum], value: object, field: str) -> Enum:
-    try:
-        return enum_cls(value)
-    except ValueError:
-        choices = ", ".join(m.value for m in enum_cls)
-        raise CompatError(f"{field}: unknown value {value!r}; expected one of {choices}") from None
-
-
 def parse_memory_budget(budget: int | str) -> int:
     """``"1GiB"``, ``"512MiB"``, ``"2GB"`` or a number of bytes -> bytes."""
     if isinstance(budget, int):
@@ -77,19 +71,6 @@ def parse_memory_budget(budget: int | str) -> int:
     return value
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu" or device.startswith("cuda"):
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise CompatError(f"device: {device!r} was asked for but no CUDA device is available")
-        return device
-    raise CompatError(f"device: unknown value {device!r}; expected auto, cpu or cuda[:N]")
-
-
 def _faiss_available(device: str) -> bool:
     try:
         import faiss
@@ -107,7 +88,7 @@ def resolve_backend(backend: Backend | str, device: str) -> Backend:
     2 cores, ``benchmarks/bench_backends.py``); faiss is kept because it tiles its own scores, so
     its chunks need no score buffer. A raw ``faiss.knn`` was 1.3-2x faster than a plain torch
     matmul + topk on the same cells."""
-    backend = Backend(_enum(Backend, backend, "backend"))
+    backend = parse_choice(Backend, backend, "backend")
     if backend is Backend.AUTO:
         return Backend.FAISS if device == "cpu" and _faiss_available(device) else Backend.TORCH
     if backend is Backend.FAISS and not _faiss_available(device):
@@ -210,7 +191,7 @@ def knn(
         and int64 gallery indices, best first, ties broken by lower gallery index; -1 / NaN pad
         rows when the gallery has fewer than k eligible items.
     """
-    similarity = Similarity(_enum(Similarity, similarity, "similarity"))
+    similarity = parse_choice(Similarity, similarity, "similarity")
     device = resolve_device(device)
     backend = resolve_backend(backend, device)
     budget = parse_memory_budget(memory_budget)

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from compat.configfile import read_yaml_mapping, validate_model
 from compat.errors import CompatError
 
 __all__ = [
@@ -226,21 +227,6 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         CompatError: the file is missing or not YAML, or a key is unknown or has the wrong type
             (the message names the file and the key).
     """
-    p = Path(path)
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise CompatError(f"{p}: cannot read the recipe ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise CompatError(f"{p}: not valid YAML ({exc})") from None
-    if not isinstance(raw, dict):
-        raise CompatError(f"{p}: a recipe must be a mapping of keys to values")
-    raw.setdefault("name", p.stem)
-    raw = apply_overrides(raw, overrides)
-    try:
-        return Recipe.model_validate(raw)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(x) for x in err["loc"]) or "(recipe)"
-        what = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        raise CompatError(f"{p}: {key}: {what}") from None
+    raw = read_yaml_mapping(path, "recipe")
+    raw.setdefault("name", Path(path).stem)
+    return validate_model(Recipe, apply_overrides(raw, overrides), path)
