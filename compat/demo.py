@@ -1,6 +1,7 @@
 """The offline demo: why a compatible model can replace the old one without backfilling the gallery.
 
-On the MNIST subset that ships with the package (``mnist-mini``), :func:`run_demo` trains
+On the MNIST subset that ships with the package (``mnist-mini``), :func:`run_demo` trains the chain
+of the recipe ``compat/demo.yaml``:
 
 * an **old** model on a seeded, class-stratified fraction of the training images (production),
 * an **independent** new model on all of them, with no compatibility constraint, and
@@ -24,77 +25,73 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from compat.compatibility.matrix import CompatibilityReport
 from compat.errors import CompatError
 from compat.gate.decide import CheckResult, GateVerdict
-from compat.gate.policy import CheckKind
+from compat.gate.policy import Bound, CheckKind
+from compat.markdown import pct
 
 __all__ = ["DEMO_METHODS", "DemoChain", "DemoResult", "DemoSettings", "render_text", "run_demo"]
 
 DEMO_METHODS = ("cores", "bct")
-DATASET = "mnist-mini"
-METRICS = ("cmc@1", "cmc@5", "map")
-# CoReS needs the feature size K - 1 = 9 of its 10-vertex simplex; the independent model of a chain
-# shares the compatible model's architecture, so that each gate compares like with like.
+DEMO_RECIPE = Path(__file__).with_name("demo.yaml")
+# The compatible model's feature size per method; the independent model shares the compatible
+# model's architecture, so that each gate compares like with like.
 _FEATURE_DIM = {"cores": 9, "bct": 128}
 _TITLE = {"cores": "CoReS (d-Simplex)", "bct": "BCT"}
 
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """How much the demo trains. The defaults are what ``compat demo`` runs.
+    """How much the demo trains: changes to its recipe (``compat/demo.yaml``). ``None`` keeps the
+    recipe's value; the defaults are what ``compat demo`` runs.
 
     Args:
         method: the compatible model's method, ``cores`` or ``bct``.
-        old_fraction: share of the 5,000 training images the old model sees.
-        new_fraction: share the two new models see (nested: it contains the old model's images).
-        epochs: epochs of each of the three models.
-        batch_size, lr: SGD with Nesterov momentum and a cosine schedule.
+        old_fraction: share of the 5,000 training images the old model sees (recipe: 0.3).
+        new_fraction: share the two new models see, nested: it contains the old model's images (1.0).
+        epochs: epochs of each of the three models (3).
+        batch_size, lr: SGD with Nesterov momentum and a cosine schedule (64, 0.05).
         n_resamples: bootstrap resamples per gate check.
     """
 
     method: str = "cores"
-    old_fraction: float = 0.3
-    new_fraction: float = 1.0
-    epochs: int = 3
-    batch_size: int = 64
-    lr: float = 0.05
+    old_fraction: float | None = None
+    new_fraction: float | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
     n_resamples: int = 2000
 
     def recipe(self, seed: int):
         """The training recipe of the demo's chain (a validated :class:`compat.train.Recipe`)."""
-        from pydantic import ValidationError
-
+        from compat.configfile import read_yaml_mapping, validate_model
         from compat.train.config import Recipe
 
         if self.method not in DEMO_METHODS:
             raise CompatError(f"method: unknown demo method {self.method!r}; expected one of {', '.join(DEMO_METHODS)}")
-        if not 0 < self.old_fraction < self.new_fraction <= 1:
+        raw = read_yaml_mapping(DEMO_RECIPE, "recipe")
+        raw["seed"] = seed
+        if self.method != raw["method"]["name"]:
+            raw.update(name=f"demo-{self.method}", method={"name": self.method})
+            raw["model"]["feature_dim"] = _FEATURE_DIM[self.method]
+        old, new = raw["data"]["fractions"]
+        old, new = self.old_fraction or old, self.new_fraction or new
+        if not 0 < old < new <= 1:
             raise CompatError(f"old_fraction, new_fraction: expected 0 < old_fraction < new_fraction <= 1, got "
-                              f"{self.old_fraction} and {self.new_fraction}")
+                              f"{old} and {new}")
+        raw["data"]["fractions"] = [old, new]
         for name, value, low in (("epochs", self.epochs, 1), ("batch_size", self.batch_size, 2),
                                  ("n_resamples", self.n_resamples, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
                 raise CompatError(f"{name}: expected an integer >= {low}, got {value!r}")
-        if not self.lr > 0:
+        if self.lr is not None and not self.lr > 0:
             raise CompatError(f"lr: expected a positive learning rate, got {self.lr}")
-        raw = {
-            "name": f"demo-{self.method}",
-            "seed": seed,
-            "data": {"dataset": DATASET, "protocol": "growth", "fractions": [self.old_fraction, self.new_fraction]},
-            "model": {"backbone": "smallcnn", "feature_dim": _FEATURE_DIM[self.method]},
-            "method": {"name": self.method},
-            "train": {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "optimizer": "sgd",
-                      "schedule": "cosine", "warmup_epochs": 0.2},
-            "eval": {"protocol": "loo", "metrics": list(METRICS), "independent_reference": True},
-        }
-        try:
-            return Recipe.model_validate(raw)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            key = ".".join(str(x) for x in err["loc"])
-            raise CompatError(f"demo settings: {key}: {err['msg']}") from None
+        raw["train"].update({k: v for k, v in (("epochs", self.epochs), ("batch_size", self.batch_size),
+                                               ("lr", self.lr)) if v is not None})
+        return validate_model(Recipe, raw, f"demo settings ({DEMO_RECIPE.name})")
 
 
 @dataclass(frozen=True)
@@ -123,6 +120,7 @@ class DemoResult:
     out: Path
     seed: int
     settings: DemoSettings
+    recipe: Any  # the validated compat.train.Recipe the chain was trained with
     independent: DemoChain
     compatible: DemoChain
     seconds: float
@@ -162,13 +160,7 @@ def run_demo(
     Raises:
         CompatError: bad settings, device or output directory.
     """
-    from compat.compatibility.matrix import Version, evaluate_chain
-    from compat.compatibility.report import write_reports
     from compat.device import resolve_device
-    from compat.features import load_features
-    from compat.gate import load_policy, run_gate
-    from compat.gate import write_reports as write_gate_reports
-    from compat.retrieval.evaluator import RetrievalEvaluator
     from compat.train import train_chain
 
     settings = settings or DemoSettings()
@@ -177,10 +169,11 @@ def run_demo(
     device = resolve_device(device)
     out = Path(out)
     started = time.perf_counter()
-    title = _TITLE[settings.method]
+    old_fraction, new_fraction = recipe.data.fractions
     say(
-        f"training on {DATASET} ({device}): the old model on {settings.old_fraction:.0%} of the training images, "
-        f"an independent and a {title} new model on {settings.new_fraction:.0%}, {settings.epochs} epoch(s) each"
+        f"training on {recipe.data.dataset} ({device}): the old model on {old_fraction:.0%} of the training images, "
+        f"an independent and a {_TITLE[settings.method]} new model on {new_fraction:.0%}, {recipe.train.epochs} "
+        "epoch(s) each"
     )
     train_dir = out / "train"
     try:
@@ -188,19 +181,33 @@ def run_demo(
     except OSError as exc:
         raise CompatError(f"--out {out}: cannot create the output directory ({exc.strerror or exc})") from None
     train_chain(recipe, out=train_dir, device=device, progress=progress)
-
     say("evaluating both chains on the test images (leave-one-out) and gating both candidates")
-    features = train_dir / "features"
+    independent, compatible = _evaluate_and_gate(recipe, settings, out, seed=seed, device=device)
+    return DemoResult(out, seed, settings, recipe, independent, compatible, time.perf_counter() - started)
+
+
+def _evaluate_and_gate(recipe, settings: DemoSettings, out: Path, *, seed: int,
+                       device: str) -> tuple[DemoChain, DemoChain]:
+    """Both chains (old -> independent, old -> compatible) evaluated, gated and reported under ``out``."""
+    from compat.compatibility.matrix import Version, evaluate_chain
+    from compat.compatibility.report import write_reports
+    from compat.features import load_features
+    from compat.gate import load_policy, run_gate
+    from compat.gate import write_reports as write_gate_reports
+    from compat.retrieval.evaluator import RetrievalEvaluator
+    from compat.train import build_evaluator
+
+    features = out / "train" / "features"
     old = load_features(features / "v0.npz")
     independent = load_features(features / "v1-independent.npz")
     compatible = load_features(features / "v1.npz")
     policy = load_policy(None)
-    evaluator = RetrievalEvaluator(METRICS, device=device)
+    evaluator = build_evaluator(recipe.eval, device, progress=False)
     gate_evaluator = RetrievalEvaluator(policy.metrics, device=device)
     chains = []
     for name, chain_title, new, reference in (
         ("independent", "independent", independent, None),
-        ("compatible", title, compatible, independent),
+        ("compatible", _TITLE[settings.method], compatible, independent),
     ):
         report = evaluate_chain([Version("old", old), Version("new", new)], evaluator, independent=reference)
         # The independent model is the update gain's reference: its own gain is not measured.
@@ -210,14 +217,10 @@ def run_demo(
         write_reports(report, directory)
         write_gate_reports(verdict, directory)
         chains.append(DemoChain(name, chain_title, report, verdict, directory))
-    return DemoResult(out, seed, settings, chains[0], chains[1], time.perf_counter() - started)
+    return chains[0], chains[1]
 
 
 # ---------------------------------------------------------------- printing
-
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.2f}"
 
 
 def _matrix_lines(chain: DemoChain, metric: str) -> list[str]:
@@ -232,7 +235,7 @@ def _matrix_lines(chain: DemoChain, metric: str) -> list[str]:
                 cells.append(f"{'–':>10}")
                 continue
             mark = "" if j == i or ecc[i][j] is None else (" ✓" if ecc[i][j] else " ✗")
-            cells.append(f"{_pct(matrix[i][j]) + mark:>10}")
+            cells.append(f"{pct(matrix[i][j]) + mark:>10}")
         lines.append(f"{row_name:<16}" + "".join(cells))
     return lines
 
@@ -267,9 +270,8 @@ def _check_cell(check: CheckResult) -> str:
 
 
 def _rule(check: CheckResult) -> str:
-    bound, op, _ = check.rule.split()
-    side = {"ci_low": "low", "ci_high": "high"}[bound]
-    text = f"{side} {op} {_value(check, check.threshold)}{_unit(check)}"
+    side = "low" if check.rule.bound is Bound.LOW else "high"
+    text = f"{side} {check.rule.op} {_value(check, check.threshold)}{_unit(check)}"
     return text if check.required else text + " (not required)"
 
 
@@ -286,7 +288,8 @@ def render_text(result: DemoResult) -> str:
     """What ``compat demo`` prints: the two chains' matrices side by side, then both gate verdicts."""
     chains = result.chains
     lines = [
-        f"compat demo · {DATASET} · seed {result.seed} · leave-one-out on the test images · values in %",
+        (f"compat demo · {result.recipe.data.dataset} · seed {result.seed} · leave-one-out on the test images · "
+         "values in %"),
         "(rows: query model, columns: gallery model; ✓ / ✗: beats / does not beat the old model on its own gallery)",
         "",
     ]

@@ -172,6 +172,13 @@ class TrainingTracker:
         if self._mlflow is not None:
             self._mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
+    def log_evaluation(self, report: CompatibilityReport, files: list[Path], *,
+                       inputs: dict[str, dict[str, object]] | None = None, run_name: str = "evaluation") -> str | None:
+        """:func:`log_evaluation` as a run nested under the recipe's run; returns its id (None when off)."""
+        if self._mlflow is None:
+            return None
+        return log_evaluation(report, inputs=inputs or {}, files=files, run_name=run_name)
+
     def end(self, failed: bool = False) -> None:
         if self._mlflow is not None:
             while self._mlflow.active_run() is not None:

@@ -46,6 +46,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
+from compat.markdown import num, pct, pp, table
+
 TINY = os.environ.get("COMPAT_NOTEBOOK_TINY") == "1"
 if TINY:
     plt.switch_backend("Agg")
@@ -301,18 +303,6 @@ else:
 
 
 # %%
-def _pct(x):
-    return "–" if x is None else f"{100 * x:.2f}"
-
-
-def _num(x):
-    return "–" if x is None else f"{x:.2f}"
-
-
-def _pp(x):
-    return "–" if x is None else f"{100 * x:+.2f} pp"
-
-
 def table_rows(runs):
     wanted = [m for m in ("cmc@1", "map") if any(m in r["compat"]["metrics"] for r in runs)]
     header = ["run", "method", "versions"]
@@ -325,21 +315,17 @@ def table_rows(runs):
         row = [run["name"], run["method"], " -> ".join(doc["versions"])]
         for m in wanted:
             matrix = doc["metrics"].get(m)
-            row += [_pct(matrix[0][0]), _pct(matrix[-1][0]), _pct(matrix[-1][-1])] if matrix else ["–"] * 3
+            row += [pct(matrix[0][0]), pct(matrix[-1][0]), pct(matrix[-1][-1])] if matrix else ["–"] * 3
         first = doc["summary"].get(wanted[0] if wanted else doc["metrics"][0], {})
         gate = run["gate"]
         verdict = "–" if gate is None else ("passed" if gate["passed"] else "FAILED")
-        row += [_num(first.get("ac")), _pp(first.get("bc")), _num(first.get("update_gain")), verdict]
+        row += [num(first.get("ac")), pp(first.get("bc")), num(first.get("update_gain")), verdict]
         rows.append(row)
     return rows
 
 
-def markdown_table(rows):
-    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "|".join("---" for _ in rows[0]) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows[1:]])
-
-
-table = markdown_table(table_rows(runs)) if runs else "no runs"
-print(table)
+rows = table_rows(runs)
+methods_md = "\n".join(table(rows[0], rows[1:])) if runs else "no runs"
+print(methods_md)
 if OUT is not None:
-    (OUT / "methods.md").write_text(table + "\n", encoding="utf-8")
+    (OUT / "methods.md").write_text(methods_md + "\n", encoding="utf-8")

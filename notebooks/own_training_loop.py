@@ -46,7 +46,7 @@ from compat.gate import load_policy, run_gate
 from compat.methods import BCT, influence_loss
 from compat.models import LinearHead, SimplexHead, SmallCNN, d_simplex
 from compat.retrieval import RetrievalEvaluator
-from compat.train import embed_dataset, extract_features
+from compat.models import embed_dataset, extract_features
 
 TINY = os.environ.get("COMPAT_NOTEBOOK_TINY") == "1"
 OLD_FRACTION, NEW_FRACTION = (0.02, 0.06) if TINY else (0.3, 1.0)

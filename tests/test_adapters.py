@@ -14,6 +14,7 @@ import torch
 from click.testing import CliRunner
 
 from compat.adapters import (
+    AdapterCell,
     AdapterConfig,
     LambdaAdapter,
     PerpAdapter,
@@ -311,20 +312,20 @@ def test_backfill_curve_end_points_equal_the_cells(forward):
                                      backfill=["random", "farthest", "uncertainty"], backfill_points=5)
     cells = adapted.adapters[0].cells
     # From the stored gallery always; from the gallery upgraded by F too when there is an F.
-    starts = ["B(new)/old", "B(new)/F(old)"] if forward == "mlp" else ["B(new)/old"]
+    starts = [AdapterCell.B_OLD, AdapterCell.B_F] if forward == "mlp" else [AdapterCell.B_OLD]
     assert [r.start for r in adapted.backfill] == starts
     for result in adapted.backfill:
-        assert result.end == "B(new)/B(new)"
+        assert result.end is AdapterCell.B_B
         for curve in result.curves:
             for m in ("cmc@1", "map"):
                 assert curve.values[m][0] == cells[result.start][m]
-                assert curve.values[m][-1] == cells["B(new)/B(new)"][m]
+                assert curve.values[m][-1] == cells[AdapterCell.B_B][m]
                 assert curve.area[m] == pytest.approx(trapezoid_area(curve.betas, curve.values[m]))
     doc = adapted.extra_json()
     assert doc["backfill"]["v1:v0"]["start"] == "B(new)/old"
     assert ("backfill_forward" in doc) == (forward == "mlp")
     # The chain's own cell v1 on v0 is the adapted one.
-    assert adapted.report.cell("cmc@1", "v1", "v0") == cells["B(new)/old"]["cmc@1"]
+    assert adapted.report.cell("cmc@1", "v1", "v0") == cells[AdapterCell.B_OLD]["cmc@1"]
 
 
 def test_mixed_gallery_of_partly_re_extracted_items():
@@ -433,10 +434,10 @@ def test_eval_adapter_bad_input_exits_2_without_a_report(tmp_path):
 
 
 def test_adapter_recipe_validates():
-    from compat.adapters.stage import adapter_configs
+    from compat.train.adapters import adapter_configs
     from compat.methods import build_method
     from compat.train import load_recipe
-    from compat.train.chain import _model_spec
+    from compat.train.plan import model_spec as _model_spec
 
     recipe = load_recipe(RECIPES / "mnist-adapters.yaml")
     method = build_method(recipe.method.name, **recipe.method.options)
@@ -479,14 +480,14 @@ def test_train_recipe_with_adapters_end_to_end(tmp_path):
     assert "B_perp(new)/old" in (out / "adapters" / "summary.md").read_text()
 
     # With eval_split val the adapters' training features leave the held-out images out.
-    from compat.adapters.stage import _train_features
+    from compat.train.adapters import _train_features
     from compat.data import build_dataset, dataset_ids, dataset_labels
     from compat.train import load_recipe
-    from compat.train.chain import training_pool
+    from compat.train.data import RecipeData, training_pool
 
     full = load_features(out / "features" / "train" / "v0.npz")
     val = load_recipe(tmp_path / "tiny.yaml", ["data.eval_split=val"])
-    pool_fs = _train_features(val, "v0", out, device="cpu", data_root=None)
+    pool_fs = _train_features(RecipeData.build(val), "v0", out, device="cpu", progress=False)
     train = build_dataset("mnist-mini", split="train", train_transform=False)
     pool, held = training_pool(val, dataset_labels(train))
     np.testing.assert_array_equal(pool_fs.ids, dataset_ids(train)[pool])

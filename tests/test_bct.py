@@ -31,7 +31,7 @@ from compat.methods import (
 from compat.models import BasisTransformModel, LinearHead, build_model
 from compat.retrieval import RetrievalEvaluator
 from compat.train import load_recipe
-from compat.train.chain import _model_spec
+from compat.train.plan import model_spec as _model_spec
 from tests.cli_runs import train_recipe_text
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
@@ -315,8 +315,7 @@ def test_bct_across_an_architecture_change(tmp_path):
 
 
 def test_model_files_never_name_a_file_to_read(tmp_path):
-    from compat.train.chain import load_model, save_model
-    from compat.train.checkpoint import save_checkpoint
+    from compat.models import load_model, save_checkpoint, save_model
 
     spec = {"backbone": "mlp", "feature_dim": 4, "head": "linear", "num_classes": 3,
             "backbone_kwargs": {"hidden": 8}}

@@ -64,8 +64,12 @@ def _without_paths(checks: list[dict]) -> list[dict]:
 def test_cli_uses_the_default_settings(cli_run):
     _, _, asked = cli_run
     assert asked == [DemoSettings()]
-    assert DemoSettings() == DemoSettings(method="cores", old_fraction=0.3, new_fraction=1.0, epochs=3,
-                                          batch_size=64, lr=0.05, n_resamples=2000)
+    recipe = DemoSettings().recipe(seed=0)
+    assert recipe.name == "demo-cores" and recipe.data.dataset == "mnist-mini" and recipe.data.fractions == [0.3, 1.0]
+    assert (recipe.train.epochs, recipe.train.batch_size, recipe.train.lr) == (3, 64, 0.05)
+    assert recipe.model.feature_dim == 9 and recipe.eval.independent_reference
+    bct = DemoSettings(method="bct").recipe(seed=1)
+    assert (bct.name, bct.method.name, bct.model.feature_dim, bct.seed) == ("demo-bct", "bct", 128, 1)
 
 
 def test_demo_writes_every_report(cli_run):

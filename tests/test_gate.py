@@ -241,7 +241,7 @@ def test_compatible_candidate_passes(sets) -> None:
     compat = by["compatibility"]
     want = cell(sets["good"], sets["old"]) - cell(sets["old"], sets["old"])
     assert compat.value == pytest.approx(want, abs=1e-12) and compat.ci_low > 0
-    assert compat.cells == {
+    assert compat.to_json()["cells"] == {
         "new/old": pytest.approx(cell(sets["good"], sets["old"])),
         "old/old": pytest.approx(cell(sets["old"], sets["old"])),
     }
@@ -308,7 +308,7 @@ def test_update_gain_matches_its_formula(sets) -> None:
     want = (cell(sets["good"], sets["old"], "map") - old_old) / (cell(sets["indep"], sets["indep"], "map") - old_old)
     assert c.value == pytest.approx(want, rel=1e-9)
     assert c.passed == (c.ci_low >= 0.2) and c.ci_low <= c.value <= c.ci_high
-    assert set(c.cells) == {"new/old", "old/old", "independent/independent"}
+    assert {m.key for m in c.cells} == {"new/old", "old/old", "independent/independent"}
 
 
 def test_update_gain_undefined_when_the_reference_is_no_better(sets) -> None:
@@ -662,7 +662,7 @@ def pixels_backbone():
 def models(tmp_path_factory, pixels_backbone) -> dict[str, Path]:
     """Model files over the tiny backbone: ``m0`` and its exact copy ``same``, and ``m1`` (other weights)."""
     from compat.models import build_model
-    from compat.train import save_model
+    from compat.models import save_model
 
     root = tmp_path_factory.mktemp("gate-models")
     spec = {"backbone": BACKBONE, "feature_dim": None, "head": "linear", "num_classes": 10}

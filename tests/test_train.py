@@ -16,7 +16,8 @@ from compat.features import load_features
 from compat.methods import build_method
 from compat.models import build_model
 from compat.train import backward_step, load_recipe, plan_batches, plan_versions, train_version
-from compat.train.checkpoint import load_checkpoint, rng_state, set_rng_state
+from compat.models import load_checkpoint
+from compat.train.checkpoint import rng_state, set_rng_state
 from compat.train.config import TrainConfig
 from compat.train.optim import build_scheduler, parameter_groups
 from tests.fakes import fake_cifar
@@ -88,7 +89,7 @@ def test_version_plans_for_both_protocols():
 
 @pytest.mark.parametrize("recipe_name", ["mnist-cl2r", "mnist-cores-classes"])
 def test_version_plans_leave_the_validation_images_out(recipe_name):
-    from compat.train.chain import training_pool
+    from compat.train.data import training_pool
 
     labels = np.repeat(np.arange(10), 20)
     recipe = load_recipe(RECIPES / f"{recipe_name}.yaml", ["data.eval_split=val", "data.val_fraction=0.25"])
@@ -109,7 +110,7 @@ def test_version_plans_leave_the_validation_images_out(recipe_name):
 @pytest.mark.parametrize("name, versions", [("cifar100-cores", 6), ("cifar100-cl2r", 6), ("cifar100-hoc-7tasks", 7)])
 def test_paper_scale_recipes_build_on_a_fake_cifar100(tmp_path, monkeypatch, name, versions):
     from compat.data import build_dataset, dataset_labels
-    from compat.train.chain import _model_spec
+    from compat.train.plan import model_spec as _model_spec
 
     fake_cifar(tmp_path, monkeypatch, hundred=True, per_file=200, every_class=True)
     recipe = load_recipe(RECIPES / f"{name}.yaml", [f"data.root={tmp_path}"])
@@ -189,7 +190,7 @@ def test_warmup_then_cosine_schedule():
 def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
     import random
 
-    from compat.train.checkpoint import save_checkpoint
+    from compat.models import save_checkpoint
 
     save_checkpoint(tmp_path / "c.pt", {"rng": rng_state()})
     want = (torch.rand(3), np.random.rand(2), random.random())
@@ -294,7 +295,7 @@ def test_train_extract_eval_on_the_shipped_subset(tmp_path):
 
 def test_validation_run_trains_and_evaluates_on_disjoint_training_images(tmp_path):
     from compat.data import build_dataset, dataset_ids, dataset_labels
-    from compat.train.chain import training_pool
+    from compat.train.data import training_pool
 
     text = TINY.replace("fractions: [0.05, 0.1]}", "fractions: [0.05, 0.1], eval_split: val, val_fraction: 0.05}")
     recipe = _write(tmp_path / "tiny.yaml", text)

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import Enum
 
 import numpy as np
 
 from compat.adapters.adapter import normalize_rows
+from compat.adapters.config import Ordering
 from compat.choices import parse_choice
 from compat.errors import CompatError
+from compat.progress import progress as progress_bar
 from compat.retrieval.evaluator import RetrievalEvaluator
 
 __all__ = [
@@ -41,12 +42,6 @@ __all__ = [
 ]
 
 UNCERTAINTY_TEMPERATURE = 0.05
-
-
-class Ordering(str, Enum):
-    RANDOM = "random"
-    FARTHEST = "farthest"
-    UNCERTAINTY = "uncertainty"
 
 
 def parse_ordering(value: Ordering | str) -> Ordering:
@@ -173,7 +168,7 @@ def backfill_curve(
     """
     n = len(before)
     values: dict[str, list[float]] = {m: [] for m in evaluator.metric_names}
-    for beta in betas:
+    for beta in progress_bar(betas, desc=f"backfill {ordering}", enabled=evaluator.progress):
         if not 0.0 <= beta <= 1.0:
             raise CompatError(f"backfill grid: fractions must lie in [0, 1], got {beta}")
         k = round(float(beta) * n)

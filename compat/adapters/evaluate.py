@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 
 import numpy as np
 
@@ -40,6 +41,7 @@ from compat.adapters.backfill import (
     beta_grid,
     parse_ordering,
 )
+from compat.adapters.config import DEFAULT_BACKFILL_POINTS
 from compat.choices import parse_choice
 from compat.compatibility.cell import DimPolicy, apply_dim_policy, evaluate_cell
 from compat.compatibility.matrix import Cell, CompatibilityReport, Version, evaluate_chain
@@ -47,14 +49,28 @@ from compat.errors import CompatError
 from compat.features import FeatureSet
 from compat.retrieval.evaluator import RetrievalEvaluator
 
-__all__ = ["AdaptedChainReport", "AdapterCells", "BackfillResult", "evaluate_with_adapters"]
+__all__ = ["AdaptedChainReport", "AdapterCell", "AdapterCells", "BackfillResult", "evaluate_with_adapters"]
 
 logger = logging.getLogger(__name__)
 
-OLD_OLD, NEW_NEW, NEW_OLD = "old/old", "new/new", "new/old"
-B_OLD, B_F, B_B = "B(new)/old", "B(new)/F(old)", "B(new)/B(new)"
-# Cells compared with old/old by the compatibility criterion.
-CROSS_CELLS = (NEW_OLD, B_OLD, B_F)
+class AdapterCell(Enum):
+    """A cell of an adapted upgrade: which queries search which gallery (named as in ``compat.json``)."""
+
+    OLD_OLD = "old/old"
+    NEW_NEW = "new/new"
+    NEW_OLD = "new/old"
+    B_OLD = "B(new)/old"
+    B_F = "B(new)/F(old)"
+    B_B = "B(new)/B(new)"
+
+    @property
+    def cross(self) -> bool:
+        """Compared with ``old/old`` by the compatibility criterion (new queries, old gallery)."""
+        return self in (AdapterCell.NEW_OLD, AdapterCell.B_OLD, AdapterCell.B_F)
+
+    def label(self, adapter: str | None = None) -> str:
+        """The cell's name, with the adapter's label on ``B`` (``B_perp(new)/old``) when given."""
+        return self.value if adapter is None else self.value.replace("B(", f"B_{adapter}(")
 
 
 def _pair_key(new: str, old: str) -> str:
@@ -69,7 +85,7 @@ class AdapterCells:
         new, old: version names.
         info: the adapter's kinds and sizes.
         path: the adapter file, when it came from one.
-        cells: cell name -> metric -> value (names above; ``B(new)/F(old)`` only with F).
+        cells: cell -> metric -> value (``B(new)/F(old)`` only with F).
         raw_dim_policy: the dimension policy of the raw ``new/old`` cell.
         strict: ties fail the criterion.
     """
@@ -78,30 +94,34 @@ class AdapterCells:
     old: str
     info: AdapterInfo
     path: str | None
-    cells: dict[str, dict[str, float]]
+    cells: dict[AdapterCell, dict[str, float]]
     raw_dim_policy: str
     strict: bool = True
 
-    def passes(self, cell: str, metric: str) -> bool:
+    @property
+    def metrics(self) -> list[str]:
+        return list(self.cells[AdapterCell.OLD_OLD])
+
+    def passes(self, cell: AdapterCell, metric: str) -> bool:
         """The compatibility criterion of ``cell`` against ``old/old``."""
-        a, b = self.cells[cell][metric], self.cells[OLD_OLD][metric]
+        a, b = self.cells[cell][metric], self.cells[AdapterCell.OLD_OLD][metric]
         return bool(a > b) if self.strict else bool(a >= b)
 
     def retention(self, metric: str) -> float | None:
         """``B(new)/B(new)`` over ``new/new``: what the adapted space keeps of the new model."""
-        base = self.cells[NEW_NEW][metric]
-        return None if base == 0 else self.cells[B_B][metric] / base
+        base = self.cells[AdapterCell.NEW_NEW][metric]
+        return None if base == 0 else self.cells[AdapterCell.B_B][metric] / base
 
     def to_json(self) -> dict:
-        metrics = list(self.cells[OLD_OLD])
+        metrics = self.metrics
         return {
             "new": self.new,
             "old": self.old,
             "path": self.path,
             "adapter": self.info.to_json(),
             "raw_dim_policy": self.raw_dim_policy,
-            "cells": self.cells,
-            "ecc": {m: {c: self.passes(c, m) for c in CROSS_CELLS if c in self.cells} for m in metrics},
+            "cells": {c.value: values for c, values in self.cells.items()},
+            "ecc": {m: {c.value: self.passes(c, m) for c in self.cells if c.cross} for m in metrics},
             "retention": {m: self.retention(m) for m in metrics},
         }
 
@@ -120,8 +140,8 @@ class BackfillResult:
     new: str
     old: str
     adapter: str | None
-    start: str
-    end: str
+    start: AdapterCell
+    end: AdapterCell
     curves: tuple[BackfillCurve, ...]
 
     @property
@@ -133,8 +153,8 @@ class BackfillResult:
             "new": self.new,
             "old": self.old,
             "adapter": self.adapter,
-            "start": self.start,
-            "end": self.end,
+            "start": self.start.value,
+            "end": self.end.value,
             "betas": list(self.betas),
             "orderings": {c.ordering: c.to_json() for c in self.curves},
         }
@@ -154,7 +174,8 @@ class AdaptedChainReport:
         if self.adapters:
             out["adapters"] = {_pair_key(a.new, a.old): a.to_json() for a in self.adapters}
         for key, from_forward in (("backfill", False), ("backfill_forward", True)):
-            curves = {_pair_key(b.new, b.old): b.to_json() for b in self.backfill if (b.start == B_F) == from_forward}
+            curves = {_pair_key(b.new, b.old): b.to_json() for b in self.backfill
+                      if (b.start is AdapterCell.B_F) == from_forward}
             if curves:
                 out[key] = curves
         return out
@@ -190,7 +211,7 @@ def evaluate_with_adapters(
     strict: bool = True,
     independent: FeatureSet | None = None,
     backfill: Sequence[Ordering | str] = (),
-    backfill_points: int = 11,
+    backfill_points: int = DEFAULT_BACKFILL_POINTS,
     seed: int = 0,
 ) -> AdaptedChainReport:
     """Evaluate a chain whose upgrades may go through adapters.
@@ -242,21 +263,22 @@ def evaluate_with_adapters(
 
 
 def _adapter_cells(report: CompatibilityReport, evaluator: RetrievalEvaluator, adapter: Adapter, new: Version,
-                   old: Version, i: int, j: int, raw_policy: DimPolicy) -> dict[str, dict[str, float]]:
+                   old: Version, i: int, j: int, raw_policy: DimPolicy) -> dict[AdapterCell, dict[str, float]]:
+    """The cells of one adapted upgrade; those the chain's matrix holds are taken from it."""
     m = report.matrices
-    cells = {
-        OLD_OLD: {k: m[k][j][j] for k in report.metrics},
-        NEW_NEW: {k: m[k][i][i] for k in report.metrics},
-    }
-    where = f"{new.name} on {old.name}"
-    cells[NEW_OLD] = dict(evaluate_cell(evaluator, new.queries, old.gallery, dim_policy=raw_policy,
-                                        where=f"{where} (raw)").values)
-    cells[B_OLD] = {k: m[k][i][j] for k in report.metrics}
+
+    def cell(query: FeatureSet, gallery: FeatureSet, where: str, **how) -> dict[str, float]:
+        return dict(evaluate_cell(evaluator, query, gallery, where=where, **how).values)
+
+    cells = {AdapterCell.OLD_OLD: {k: m[k][j][j] for k in report.metrics},
+             AdapterCell.NEW_NEW: {k: m[k][i][i] for k in report.metrics}}
+    cells[AdapterCell.NEW_OLD] = cell(new.queries, old.gallery, f"{new.name} on {old.name} (raw)", dim_policy=raw_policy)
+    cells[AdapterCell.B_OLD] = {k: m[k][i][j] for k in report.metrics}
     if adapter.has_forward:
-        cells[B_F] = dict(evaluate_cell(evaluator, new.queries, old.gallery, where=f"B({new.name}) on F({old.name})",
-                                        transform=lambda q, g: (adapter.to_old(q), adapter.upgrade(g))).values)
-    cells[B_B] = dict(evaluate_cell(evaluator, new.queries, new.gallery, where=f"B({new.name}) on B({new.name})",
-                                    transform=lambda q, g: (adapter.to_old(q), adapter.to_old(g))).values)
+        cells[AdapterCell.B_F] = cell(new.queries, old.gallery, f"B({new.name}) on F({old.name})",
+                                      transform=lambda q, g: (adapter.to_old(q), adapter.upgrade(g)))
+    cells[AdapterCell.B_B] = cell(new.queries, new.gallery, f"B({new.name}) on B({new.name})",
+                                  transform=lambda q, g: (adapter.to_old(q), adapter.to_old(g)))
     return cells
 
 
@@ -290,7 +312,8 @@ def _curves(evaluator: RetrievalEvaluator, queries: np.ndarray, qfs: FeatureSet,
     return tuple(out)
 
 
-def _adapter_backfill(evaluator, adapter: Adapter, new: Version, old: Version, cells: dict[str, dict[str, float]],
+def _adapter_backfill(evaluator, adapter: Adapter, new: Version, old: Version,
+                      cells: dict[AdapterCell, dict[str, float]],
                       orderings, betas, seed: int) -> list[BackfillResult]:
     """From the stored gallery and, with a forward adapter, from the gallery upgraded by ``F``.
 
@@ -299,13 +322,13 @@ def _adapter_backfill(evaluator, adapter: Adapter, new: Version, old: Version, c
     where = f"backfill {new.name}:{old.name}"
     rows = _matched_rows(old.gallery, new.gallery, where)
     after = adapter.to_old(np.asarray(new.gallery.features[rows]))
-    starts = [(adapter.old_space(old.gallery.features), B_OLD)]
+    starts = [(adapter.old_space(old.gallery.features), AdapterCell.B_OLD)]
     if adapter.has_forward:
-        starts.append((adapter.upgrade(old.gallery.features), B_F))
+        starts.append((adapter.upgrade(old.gallery.features), AdapterCell.B_F))
     queries = adapter.to_old(new.queries.features)
-    return [BackfillResult(new.name, old.name, adapter.info.label, start, B_B,
+    return [BackfillResult(new.name, old.name, adapter.info.label, start, AdapterCell.B_B,
                            _curves(evaluator, queries, new.queries, before, after, old.gallery, orderings, betas, seed,
-                                   ends=(cells[start], cells[B_B])))
+                                   ends=(cells[start], cells[AdapterCell.B_B])))
             for before, start in starts]
 
 
@@ -317,4 +340,4 @@ def _raw_backfill(evaluator, new: Version, old: Version, policy: DimPolicy, orde
     before, after = apply_dim_policy(np.asarray(old.gallery.features), after, policy, where=where)
     queries, _ = apply_dim_policy(np.asarray(new.queries.features), before, policy, where=where)
     curves = _curves(evaluator, queries, new.queries, before, after, old.gallery, orderings, betas, seed)
-    return BackfillResult(new.name, old.name, None, NEW_OLD, NEW_NEW, curves)
+    return BackfillResult(new.name, old.name, None, AdapterCell.NEW_OLD, AdapterCell.NEW_NEW, curves)

@@ -13,94 +13,33 @@ orthogonal solution and trains only ``F``.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from compat.adapters.adapter import Adapter, AdapterInfo, normalize_rows
+from compat.adapters.config import AdapterConfig, BackwardKind, ForwardKind
 from compat.adapters.losses import (
-    DEFAULT_ALPHA,
-    DEFAULT_TEMPERATURE,
     orthogonality_gap,
     squared_distance,
     supervised_contrastive,
 )
 from compat.adapters.modules import (
-    BackwardKind,
-    ForwardKind,
     LambdaAdapter,
     LinearMap,
     PerpAdapter,
     build_forward,
     procrustes,
 )
-from compat.choices import parse_choice
 from compat.errors import CompatError
 from compat.features import FeatureSet
+from compat.progress import progress as progress_bar
 
 __all__ = ["AdapterConfig", "align_by_id", "fit_adapter"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class AdapterConfig:
-    """How to train an adapter pair.
-
-    Args:
-        kind: backward kind: ``perp`` (exactly orthogonal), ``lambda`` (affine, regularised) or
-            ``procrustes`` (closed form, not trained).
-        lam: lambda radius for the ``lambda`` kind (0: soft orthogonality; ``inf``: none); 12 as
-            in the paper.
-        alpha: steepness of the lambda switch.
-        forward: forward adapter: ``mlp`` (default), ``affine`` or ``none``.
-        hidden: hidden width of the MLP forward adapter.
-        epochs, batch_size, lr: Adam over mini-batches of the cached features.
-        w_forward, w_backward, w_contrastive: w1 (L_F), w2 (L_B), w3 (L_C).
-        temperature: of the supervised contrastive term.
-        init: starting ``B`` for ``perp`` and ``lambda``: ``procrustes`` (the closed-form
-            orthogonal solution of ``L_B``; training then refines it jointly with ``F``) or
-            ``identity``.
-        seed: initialisation and batch order.
-    """
-
-    kind: BackwardKind = BackwardKind.PERP
-    lam: float = 12.0
-    alpha: float = DEFAULT_ALPHA
-    forward: ForwardKind = ForwardKind.MLP
-    hidden: int = 256
-    epochs: int = 10
-    batch_size: int = 256
-    lr: float = 1e-3
-    w_forward: float = 1.0
-    w_backward: float = 1.0
-    w_contrastive: float = 1.0
-    temperature: float = DEFAULT_TEMPERATURE
-    init: str = "procrustes"
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name, enum_cls in (("kind", BackwardKind), ("forward", ForwardKind)):
-            object.__setattr__(self, name, parse_choice(enum_cls, getattr(self, name), f"adapter {name}"))
-        if not self.lam >= 0:
-            raise CompatError(f"adapter lambda: expected a radius >= 0 or inf, got {self.lam!r}")
-        if self.epochs < 1 or self.batch_size < 2 or not self.lr > 0 or self.hidden < 1:
-            raise CompatError("adapter training: epochs >= 1, batch_size >= 2, lr > 0 and hidden >= 1 are required")
-        if not self.temperature > 0 or not self.alpha > 0:
-            raise CompatError("adapter training: temperature and alpha must be > 0")
-        if min(self.w_forward, self.w_backward, self.w_contrastive) < 0:
-            raise CompatError("adapter training: the loss weights must be >= 0")
-        if self.init not in ("identity", "procrustes"):
-            raise CompatError(f"adapter init: unknown value {self.init!r}; expected identity or procrustes")
-
-    def to_json(self) -> dict:
-        out = asdict(self)
-        out.update(kind=self.kind.value, forward=self.forward.value, lam="inf" if math.isinf(self.lam) else self.lam)
-        return out
 
 
 def align_by_id(new: FeatureSet, old: FeatureSet) -> tuple[np.ndarray, np.ndarray]:
@@ -146,6 +85,7 @@ def fit_adapter(
     device: str = "cpu",
     threads: int | None = 1,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    progress: bool = False,
 ) -> Adapter:
     """Train ``B`` (new -> old) and ``F`` (old -> the space of B(new)) on features of the same items.
 
@@ -160,6 +100,7 @@ def fit_adapter(
             matrices of one step are small (d x d, batch x batch) and several threads only
             contend. None keeps torch's setting.
         on_epoch: called with (epoch, mean losses) after each epoch.
+        progress: a bar over the epochs on a terminal.
 
     Returns:
         The frozen adapter.
@@ -183,7 +124,7 @@ def fit_adapter(
     if threads is not None and not str(device).startswith("cuda"):
         torch.set_num_threads(threads)
     try:
-        history = _train(cfg, backward, forward, (x_new, x_old_full, x_old, labels), device, on_epoch)
+        history = _train(cfg, backward, forward, (x_new, x_old_full, x_old, labels), device, on_epoch, progress)
     finally:
         torch.set_num_threads(previous_threads)
     with torch.no_grad():
@@ -217,6 +158,7 @@ def _train(
     data: tuple[Tensor, Tensor, Tensor, Tensor],
     device: str,
     on_epoch: Callable[[int, dict[str, float]], None] | None,
+    progress: bool = False,
 ) -> list[dict[str, float]]:
     """Adam over seeded mini-batches; returns the mean loss terms of every epoch."""
     params = [p for m in (backward, forward) if m is not None for p in m.parameters()]
@@ -226,7 +168,7 @@ def _train(
     optimizer = torch.optim.Adam(params, lr=cfg.lr)
     generator = torch.Generator().manual_seed(cfg.seed)
     history = []
-    for epoch in range(cfg.epochs):
+    for epoch in progress_bar(range(cfg.epochs), desc=f"adapter {cfg.kind.value}", enabled=progress):
         sums: dict[str, float] = {}
         order = torch.randperm(len(x_new), generator=generator).to(device)
         batches = 0

@@ -13,22 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from compat.adapters.config import DEFAULT_ALPHA, DEFAULT_TEMPERATURE
+
 __all__ = [
-    "DEFAULT_ALPHA",
-    "DEFAULT_TEMPERATURE",
     "lambda_orthogonality",
     "orthogonality_gap",
     "squared_distance",
     "supervised_contrastive",
 ]
-
-# Steepness of the lambda switch, per unit of Frobenius distance. The paper does not state one.
-# With 10 the penalty weight goes from 1% to 99% within +-0.46 of lambda: a sharp switch on the
-# scale of the distances that matter (||I||_F = sqrt(d), 8 for d = 64), yet smooth enough to give a
-# gradient just outside the radius.
-DEFAULT_ALPHA = 10.0
-DEFAULT_TEMPERATURE = 0.1
-
 
 def orthogonality_gap(weight: Tensor) -> Tensor:
     """``||W W^T - I||_F`` of a (d_out, d_in) matrix; () tensor."""

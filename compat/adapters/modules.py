@@ -14,13 +14,12 @@ larger feature is truncated to its first ``d`` coordinates). Three kinds:
 
 from __future__ import annotations
 
-from enum import Enum
-
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from compat.adapters.losses import DEFAULT_ALPHA, lambda_orthogonality
+from compat.adapters.config import DEFAULT_ALPHA, BackwardKind, ForwardKind
+from compat.adapters.losses import lambda_orthogonality
 from compat.errors import CompatError
 
 __all__ = [
@@ -32,18 +31,6 @@ __all__ = [
     "build_forward",
     "procrustes",
 ]
-
-
-class BackwardKind(str, Enum):
-    PERP = "perp"
-    LAMBDA = "lambda"
-    PROCRUSTES = "procrustes"
-
-
-class ForwardKind(str, Enum):
-    NONE = "none"
-    AFFINE = "affine"
-    MLP = "mlp"
 
 
 def _start(dim: int, init: Tensor | np.ndarray | None) -> Tensor:

@@ -4,75 +4,62 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from compat.adapters.evaluate import (
-    B_B,
-    CROSS_CELLS,
-    NEW_NEW,
-    AdaptedChainReport,
-    AdapterCells,
-    BackfillResult,
-)
-from compat.compatibility.report import FAIL_MARK, PASS_MARK, write_reports
+from compat.adapters.evaluate import AdaptedChainReport, AdapterCell, AdapterCells, BackfillResult
+from compat.compatibility.report import write_reports
+from compat.markdown import FAIL_MARK, PASS_MARK, escape, mark, pct, table
 
-__all__ = ["BACKFILL_PLOT_NAME", "plot_backfill", "render_adapter_markdown", "write_adapted_reports"]
+__all__ = [
+    "BACKFILL_PLOT_NAME",
+    "plot_backfill",
+    "render_adapter_markdown",
+    "render_adapter_summary",
+    "summarize_adapters",
+    "write_adapted_reports",
+]
 
 BACKFILL_PLOT_NAME = "backfill.png"
 
 
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.2f}"
-
-
-def _md(text: str) -> str:
-    return text.replace("|", "\\|")
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+def _cell_row(a: AdapterCells, cell: AdapterCell, name: str) -> list[str]:
+    """One table row: the cell's values in percent, cross cells marked by the criterion."""
+    return [name, *(f"{pct(a.cells[cell][m])} {mark(a.passes(cell, m))}" if cell.cross else pct(a.cells[cell][m])
+                    for m in a.metrics)]
 
 
 def _adapter_section(a: AdapterCells) -> list[str]:
-    metrics = list(a.cells[NEW_NEW])
-    rows = []
-    for cell, values in a.cells.items():
-        row = [f"**{_md(cell)}**"]
-        for m in metrics:
-            text = _pct(values[m])
-            if cell in CROSS_CELLS:
-                text += " " + (PASS_MARK if a.passes(cell, m) else FAIL_MARK)
-            row.append(text)
-        rows.append(row)
-    retention = " · ".join(f"{m} {_pct(a.retention(m))}%" for m in metrics)
+    metrics = a.metrics
+    rows = [_cell_row(a, cell, f"**{escape(cell.value)}**") for cell in a.cells]
+    retention = " · ".join(f"{m} {pct(a.retention(m))}%" for m in metrics)
     info = a.info
-    source = f" from `{_md(a.path)}`" if a.path else ""
+    source = f" from `{escape(a.path)}`" if a.path else ""
     return [
-        f"### {_md(a.new)} → {_md(a.old)}: B {info.label}, F {info.forward.value}{source}",
+        f"### {escape(a.new)} → {escape(a.old)}: B {info.label}, F {info.forward.value}{source}",
         "",
         (
             f"new {info.new_dim}-d, old {info.old_dim}-d, adapters {info.dim}-d; raw cell with dim policy "
-            f"{a.raw_dim_policy}. In the matrices above, cell {_md(a.new)} on {_md(a.old)} is "
-            f"B({_md(a.new)}) on {_md(a.old)}."
+            f"{a.raw_dim_policy}. In the matrices above, cell {escape(a.new)} on {escape(a.old)} is "
+            f"B({escape(a.new)}) on {escape(a.old)}."
         ),
         "",
-        *_table(["cell", *metrics], rows),
+        *table(["cell", *metrics], rows),
         "",
-        f"{B_B} keeps of {NEW_NEW}: {retention}",
+        f"{AdapterCell.B_B.value} keeps of {AdapterCell.NEW_NEW.value}: {retention}",
         "",
     ]
 
 
 def _backfill_section(b: BackfillResult) -> list[str]:
     metrics = list(b.curves[0].values)
-    head = f"### {_md(b.new)} → {_md(b.old)}" + (f" (B {b.adapter}), from {_md(b.start)}" if b.adapter
+    head = f"### {escape(b.new)} → {escape(b.old)}" + (f" (B {b.adapter}), from {escape(b.start.value)}" if b.adapter
                                                   else " (raw features)")
     rows = [[c.ordering, *(f"{100 * c.area[m]:.2f}" for m in metrics)] for c in b.curves]
-    intro = f"Gallery from {_md(b.start)} (beta = 0) to {_md(b.end)} (beta = 1); area under M(beta), in percent:"
-    lines = [head, "", intro, "", *_table(["ordering", *metrics], rows), ""]
+    intro = (f"Gallery from {escape(b.start.value)} (beta = 0) to {escape(b.end.value)} (beta = 1); area under "
+             "M(beta), in percent:")
+    lines = [head, "", intro, "", *table(["ordering", *metrics], rows), ""]
     picks = sorted({0, len(b.betas) // 4, len(b.betas) // 2, (3 * len(b.betas)) // 4, len(b.betas) - 1})
     m = metrics[0]
-    rows = [[c.ordering, *(_pct(c.values[m][k]) for k in picks)] for c in b.curves]
-    lines += [f"{m} at beta:", "", *_table(["ordering", *(f"{b.betas[k]:.2f}" for k in picks)], rows), ""]
+    rows = [[c.ordering, *(pct(c.values[m][k]) for k in picks)] for c in b.curves]
+    lines += [f"{m} at beta:", "", *table(["ordering", *(f"{b.betas[k]:.2f}" for k in picks)], rows), ""]
     return lines
 
 
@@ -128,3 +115,52 @@ def write_adapted_reports(adapted: AdaptedChainReport, out_dir: Path) -> list[Pa
         extra_files[BACKFILL_PLOT_NAME] = lambda p: plot_backfill(adapted.backfill, p)
     return write_reports(adapted.report, out_dir, extra_json=adapted.extra_json(),
                          extra_markdown=render_adapter_markdown(adapted) or None, extra_files=extra_files)
+
+
+def summarize_adapters(reports: dict[str, AdaptedChainReport]) -> dict:
+    """Several adapters of the same chain side by side (``compat train``'s ``adapters/summary.json``).
+
+    Args:
+        reports: adapter label -> the chain evaluated with that adapter.
+
+    Returns:
+        ``{"NEW:OLD": {"raw": {cell: {metric: v}}, "adapters": {label: {"cells", "ecc", "retention",
+        "path", "backfill_area"?, "backfill_area_forward"?}}}}``.
+    """
+    out: dict = {}
+    raw_cells = (AdapterCell.OLD_OLD, AdapterCell.NEW_NEW, AdapterCell.NEW_OLD)
+    for label, adapted in reports.items():
+        for a in adapted.adapters:
+            pair = out.setdefault(f"{a.new}:{a.old}", {"raw": {}, "adapters": {}})
+            pair["raw"] = {c.value: a.cells[c] for c in raw_cells}
+            doc = a.to_json()
+            entry = {"cells": {c.value: v for c, v in a.cells.items() if c not in raw_cells}, "ecc": doc["ecc"],
+                     "retention": doc["retention"], "path": a.path}
+            for b in adapted.backfill:
+                if (b.new, b.old) == (a.new, a.old):
+                    key = "backfill_area_forward" if b.start is AdapterCell.B_F else "backfill_area"
+                    entry[key] = {c.ordering: c.area for c in b.curves}
+            pair["adapters"][label] = entry
+    return out
+
+
+def render_adapter_summary(summary: dict) -> str:
+    """Markdown: per pair, one row per cell (raw and each adapter's), one column per metric."""
+    lines = ["# Adapters: summary", ""]
+    for key, pair in summary.items():
+        metrics = list(pair["raw"][AdapterCell.OLD_OLD.value])
+        rows = [[cell, *(pct(values[m]) for m in metrics)] for cell, values in pair["raw"].items()]
+        for label, entry in pair["adapters"].items():
+            for cell, values in entry["cells"].items():
+                rows.append([AdapterCell(cell).label(label),
+                             *(f"{pct(values[m])} {mark(entry['ecc'][m].get(cell))}".rstrip() for m in metrics)])
+        lines += [f"## {key}", "", *table(["cell", *metrics], rows), ""]
+        for label, entry in pair["adapters"].items():
+            kept = ", ".join(f"{m} {pct(v)}%" for m, v in entry["retention"].items() if v is not None)
+            lines.append(f"- {label}: B(new)/B(new) keeps {kept} of new/new")
+            for entry_key, start in (("backfill_area", "old"), ("backfill_area_forward", "F(old)")):
+                for ordering, area in entry.get(entry_key, {}).items():
+                    lines.append(f"  - backfill area from {start}, {ordering}: "
+                                 + ", ".join(f"{m} {pct(v)}" for m, v in area.items()))
+        lines.append("")
+    return "\n".join(lines)

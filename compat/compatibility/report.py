@@ -7,12 +7,12 @@ directory first and only then moved into place, so a failure never leaves a part
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from compat._atomic import write_all_or_nothing
+from compat.markdown import FAIL_MARK, PASS_MARK, UNDEFINED, escape, num, pct, pp, table
 
 if TYPE_CHECKING:
     from compat.compatibility.matrix import CompatibilityReport
@@ -23,43 +23,8 @@ JSON_NAME = "compat.json"
 MARKDOWN_NAME = "compat.md"
 HEATMAP_NAME = "compat.png"
 
-PASS_MARK = "✓"
-FAIL_MARK = "✗"
-UNDEFINED = "–"
-
-
-def _pct(value: float | None) -> str:
-    if value is None:
-        return "n/a"
-    return f"{100 * value:.2f}"
-
-
-def _pp(value: float | None) -> str:
-    """A difference of fractions as signed percentage points."""
-    if value is None:
-        return "n/a"
-    return f"{100 * value:+.2f} pp"
-
-
-def _num(value: float | None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    return f"{value:.2f}"
-
-
-def _md(text: str) -> str:
-    """Escape what would break a markdown table cell."""
-    return text.replace("|", "\\|")
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return lines
-
-
 def _metric_section(report: CompatibilityReport, metric: str) -> list[str]:
-    names = [_md(v) for v in report.versions]
+    names = [escape(v) for v in report.versions]
     matrix = report.matrices[metric]
     s = report.summary[metric]
     rows = []
@@ -69,21 +34,21 @@ def _metric_section(report: CompatibilityReport, metric: str) -> list[str]:
             if j > i:
                 row.append(UNDEFINED)
                 continue
-            cell = _pct(matrix[i][j])
+            cell = pct(matrix[i][j])
             if j < i and s.ecc[i][j] is not None:
                 cell += " " + (PASS_MARK if s.ecc[i][j] else FAIL_MARK)
             row.append(cell)
         rows.append(row)
     pairs = [s.ecc[i][j] for i in range(len(names)) for j in range(i)]
-    ac = _num(s.ac)
+    ac = num(s.ac)
     if pairs:
         ac += f" ({sum(bool(p) for p in pairs)}/{len(pairs)} pairs)"
-    stats = f"AC {ac} · AM {_pct(s.am)}% · BC {_pp(s.bc)} · FC {_pp(s.fc)} · update gain {_num(s.update_gain)}"
-    return [f"## {_md(metric)}", "", *_table(["query \\ gallery", *names], rows), "", stats, ""]
+    stats = f"AC {ac} · AM {pct(s.am)}% · BC {pp(s.bc)} · FC {pp(s.fc)} · update gain {num(s.update_gain)}"
+    return [f"## {escape(metric)}", "", *table(["query \\ gallery", *names], rows), "", stats, ""]
 
 
 def _queries_section(report: CompatibilityReport) -> list[str]:
-    names = [_md(v) for v in report.versions]
+    names = [escape(v) for v in report.versions]
     rows = []
     for i, name in enumerate(names):
         row = [f"**{name}**"]
@@ -96,7 +61,7 @@ def _queries_section(report: CompatibilityReport) -> list[str]:
         "",
         "Queries evaluated / queries without any positive in the gallery, per cell.",
         "",
-        *_table(["query \\ gallery", *names], rows),
+        *table(["query \\ gallery", *names], rows),
         "",
     ]
 
@@ -111,7 +76,7 @@ def render_markdown(report: CompatibilityReport) -> str:
     lines = [
         "# Compatibility report",
         "",
-        f"Versions (oldest first): {', '.join(_md(v) for v in report.versions)} · protocol: {report.protocol}",
+        f"Versions (oldest first): {', '.join(escape(v) for v in report.versions)} · protocol: {report.protocol}",
         "",
         (
             "Cells: queries of the row version against the gallery of the column version, in percent; "

@@ -23,12 +23,13 @@ from compat.compatibility.cell import DimPolicy, evaluate_cell
 from compat.errors import CompatError
 from compat.features import FeatureSet
 from compat.gate.bootstrap import DEFAULT_RESAMPLES, Interval, Statistic, bootstrap_ci
-from compat.gate.policy import CheckKind, CheckSpec, GatePolicy
+from compat.gate.policy import CheckKind, CheckSpec, GatePolicy, Rule
+from compat.progress import progress as progress_bar
 from compat.retrieval.evaluator import Protocol, RetrievalEvaluator
 from compat.retrieval.metrics import RetrievalResult
 from compat.retrieval.protocols import match_ids
 
-__all__ = ["CheckResult", "GateVerdict", "run_gate"]
+__all__ = ["CellMean", "CheckResult", "GateVerdict", "run_gate"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,17 +41,32 @@ def _finite_or_none(x: float) -> float | None:
 
 
 @dataclass(frozen=True)
+class CellMean:
+    """``M(query, gallery)``: a metric of model ``query``'s queries against model ``gallery``'s gallery,
+    averaged over a check's paired queries."""
+
+    query: str
+    gallery: str
+    value: float
+
+    @property
+    def key(self) -> str:
+        """``query/gallery``, as ``gate.json`` names the cell."""
+        return f"{self.query}/{self.gallery}"
+
+
+@dataclass(frozen=True)
 class CheckResult:
     """The outcome of one check.
 
     Attributes:
         name, kind, metric, required, threshold: from the policy.
-        rule: how the interval decides, e.g. ``"ci_low > threshold"``.
+        rule: how the interval decides (``ci_low > threshold``).
         value: the statistic over the paired queries; ``None`` when undefined.
         ci_low, ci_high: the bootstrap interval; ``None`` when undefined resamples reach a bound.
         passed: the verdict of this check (``None`` when skipped).
         n_queries: queries paired across the check's cells.
-        cells: ``"q/g"`` -> M(q, g) over those queries.
+        cells: M(q, g) of each cell over those queries.
         details: per-gallery drops for ``max_drop``.
         note: why a check was skipped or is undefined.
     """
@@ -60,13 +76,13 @@ class CheckResult:
     metric: str
     required: bool
     threshold: float
-    rule: str
+    rule: Rule
     value: float | None
     ci_low: float | None
     ci_high: float | None
     passed: bool | None
     n_queries: int = 0
-    cells: dict[str, float] = field(default_factory=dict)
+    cells: tuple[CellMean, ...] = ()
     details: list[dict[str, Any]] = field(default_factory=list)
     note: str = ""
 
@@ -83,12 +99,12 @@ class CheckResult:
             "ci_low": self.ci_low,
             "ci_high": self.ci_high,
             "threshold": self.threshold,
-            "rule": self.rule,
+            "rule": str(self.rule),
             "required": self.required,
             "passed": self.passed,
             "skipped": self.skipped,
             "n_queries": self.n_queries,
-            "cells": self.cells,
+            "cells": {c.key: c.value for c in self.cells},
         }
         if self.details:
             out["details"] = self.details
@@ -210,13 +226,10 @@ def _cells_of(spec: CheckSpec, older: Sequence[str]) -> tuple[list[tuple[str, st
 
 
 def _decide(spec: CheckSpec, ci: Interval) -> bool:
-    if spec.kind is CheckKind.MAX_DROP:
-        return bool(ci.high <= spec.threshold)
-    if not math.isfinite(ci.value):
+    """The check's rule on its interval; a ratio that is undefined on the whole sample fails."""
+    if spec.kind is not CheckKind.MAX_DROP and not math.isfinite(ci.value):
         return False
-    if spec.kind is CheckKind.UPDATE_GAIN:
-        return bool(ci.low >= spec.threshold)
-    return bool(ci.low > spec.threshold)
+    return spec.kind.rule.passes(ci.low, ci.high, spec.threshold)
 
 
 def _describe(fs: FeatureSet) -> dict[str, Any]:
@@ -234,6 +247,7 @@ def run_gate(
     dim_policy: DimPolicy | str = DimPolicy.ERROR,
     n_resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
+    progress: bool = False,
 ) -> GateVerdict:
     """Decide whether ``new`` may replace ``old`` under ``policy``.
 
@@ -249,6 +263,7 @@ def run_gate(
         dim_policy: when feature sizes differ: ``error``, ``truncate`` or ``pad``.
         n_resamples: bootstrap resamples per check.
         seed: seed of the bootstrap.
+        progress: a bar over the checks on a terminal.
 
     Raises:
         CompatError: bad input (sizes, ids, a metric the evaluator does not compute, a required
@@ -256,6 +271,34 @@ def run_gate(
     """
     dims = parse_choice(DimPolicy, dim_policy, "dim_policy")
     evaluator = evaluator or RetrievalEvaluator(policy.metrics)
+    _check_inputs(policy, evaluator, independent)
+    older = [f"chain[{i}]" for i in range(len(chain))] + [OLD]
+    models = {OLD: old, NEW: new, **dict(zip(older[:-1], chain, strict=True))}
+    if independent is not None:
+        models[INDEPENDENT] = independent
+    cells = _Cells(models, evaluator, dims)
+    results = []
+    for spec in progress_bar(policy.checks, desc="gate checks", enabled=progress):
+        if spec.kind is CheckKind.UPDATE_GAIN and independent is None:
+            results.append(CheckResult(spec.label, spec.kind, spec.metric, spec.required, spec.threshold,
+                                       spec.kind.rule, None, None, None, None,
+                                       note="skipped: needs --independent features"))
+            continue
+        results.append(_run_check(spec, cells, older, policy.confidence, n_resamples, seed))
+    return GateVerdict(
+        passed=all(c.passed for c in results if c.required),
+        checks=tuple(results),
+        inputs={label: _describe(fs) for label, fs in models.items()},
+        protocol=evaluator.protocol.value,
+        similarity=evaluator.similarity.value,
+        confidence=policy.confidence,
+        n_resamples=n_resamples,
+        seed=seed,
+    )
+
+
+def _check_inputs(policy: GatePolicy, evaluator: RetrievalEvaluator, independent: FeatureSet | None) -> None:
+    """The evaluator can compute what the policy needs, and a required check has its input."""
     if evaluator.protocol is Protocol.PAIRS:
         raise CompatError("protocol: the gate needs per-query values; use protocol loo or template, not pairs")
     missing = [m for m in policy.metrics if m not in evaluator.metric_names]
@@ -267,42 +310,6 @@ def run_gate(
                 f"policy check {spec.label!r}: a required update_gain check needs the features of an "
                 "independently trained model (--independent)"
             )
-    older = [f"chain[{i}]" for i in range(len(chain))] + [OLD]
-    models = {OLD: old, NEW: new, **dict(zip(older[:-1], chain, strict=True))}
-    if independent is not None:
-        models[INDEPENDENT] = independent
-    cells = _Cells(models, evaluator, dims)
-    results = []
-    for spec in policy.checks:
-        if spec.kind is CheckKind.UPDATE_GAIN and independent is None:
-            results.append(
-                CheckResult(
-                    spec.label,
-                    spec.kind,
-                    spec.metric,
-                    spec.required,
-                    spec.threshold,
-                    spec.kind.rule,
-                    None,
-                    None,
-                    None,
-                    None,
-                    note="skipped: needs --independent features",
-                )
-            )
-            continue
-        results.append(_run_check(spec, cells, older, policy.confidence, n_resamples, seed))
-    passed = all(c.passed for c in results if c.required)
-    return GateVerdict(
-        passed=passed,
-        checks=tuple(results),
-        inputs={label: _describe(fs) for label, fs in models.items()},
-        protocol=evaluator.protocol.value,
-        similarity=evaluator.similarity.value,
-        confidence=policy.confidence,
-        n_resamples=n_resamples,
-        seed=seed,
-    )
 
 
 def _run_check(
@@ -332,7 +339,7 @@ def _run_check(
         ci_high=_finite_or_none(ci.high),
         passed=_decide(spec, ci),
         n_queries=ci.n,
-        cells={f"{q}/{g}": float(m) for (q, g), m in zip(pairs, means, strict=True)},
+        cells=tuple(CellMean(q, g, float(m)) for (q, g), m in zip(pairs, means, strict=True)),
         details=details,
         note=note,
     )

@@ -3,7 +3,7 @@
 A source is one of
 
 - a feature set: a ``.npz`` file or a directory of ``.npy`` files (:func:`compat.features.load_features`);
-- a compat model file (``.pt`` / ``.pth``, written by :func:`compat.train.save_model`), loaded with
+- a compat model file (``.pt`` / ``.pth``, written by :func:`compat.models.save_model`), loaded with
   ``weights_only=True``; its features are extracted from a dataset split;
 - a registered model, ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``: its compat model file is
   downloaded (:mod:`compat.gate.registry`) and treated as above.
@@ -93,8 +93,7 @@ def load_source(
 
 def _embed(path: Path, source: str, extraction: ExtractionSpec, meta: dict[str, Any]) -> FeatureSet:
     from compat.data import dataset_ids, dataset_labels
-    from compat.train import extract_features, load_model
-    from compat.train.extract import file_digest
+    from compat.models import extract_features, file_digest, load_model
 
     model = load_model(path, device=extraction.device)  # weights_only=True
     dataset = extraction.build()

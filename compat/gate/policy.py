@@ -8,6 +8,7 @@ with the package (``compat/gate/default.yaml``, the same file as ``configs/gate/
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
@@ -16,9 +17,31 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from compat.configfile import read_yaml_mapping, validate_model
 from compat.retrieval.metrics import parse_metric
 
-__all__ = ["DEFAULT_POLICY", "CheckKind", "CheckSpec", "GatePolicy", "load_policy"]
+__all__ = ["DEFAULT_POLICY", "Bound", "CheckKind", "CheckSpec", "GatePolicy", "Rule", "load_policy"]
 
 DEFAULT_POLICY = Path(__file__).with_name("default.yaml")
+
+
+class Bound(str, Enum):
+    """Which end of a confidence interval a rule reads."""
+
+    LOW = "ci_low"
+    HIGH = "ci_high"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How a check's confidence interval decides it: ``bound op threshold`` (ties never pass ``>``)."""
+
+    bound: Bound
+    op: str  # ">", ">=" or "<="
+
+    def passes(self, low: float, high: float, threshold: float) -> bool:
+        x = low if self.bound is Bound.LOW else high
+        return bool({">": x > threshold, ">=": x >= threshold, "<=": x <= threshold}[self.op])
+
+    def __str__(self) -> str:
+        return f"{self.bound.value} {self.op} threshold"
 
 
 class CheckKind(str, Enum):
@@ -39,13 +62,13 @@ class CheckKind(str, Enum):
     MAX_DROP = "max_drop"
 
     @property
-    def rule(self) -> str:
-        """How the confidence interval decides the check (ties never pass a strict rule)."""
+    def rule(self) -> Rule:
+        """How the confidence interval decides the check."""
         if self is CheckKind.MAX_DROP:
-            return "ci_high <= threshold"
+            return Rule(Bound.HIGH, "<=")
         if self is CheckKind.UPDATE_GAIN:
-            return "ci_low >= threshold"
-        return "ci_low > threshold"
+            return Rule(Bound.LOW, ">=")
+        return Rule(Bound.LOW, ">")
 
 
 class _Strict(BaseModel):

@@ -1,7 +1,7 @@
 """compat models in the MLflow model registry: register, resolve ``models:/`` URIs, download, promote.
 
 A registered compat model version holds one artifact directory, ``compat-model/``, with the file
-that :func:`compat.train.save_model` writes (``model.pt``: a state dict and the arguments that
+that :func:`compat.models.save_model` writes (``model.pt``: a state dict and the arguments that
 rebuild the model), loaded with ``torch.load(weights_only=True)``. Nothing else in a downloaded
 version is read: MLflow pyfunc / flavour models, which unpickle arbitrary objects, are refused.
 
@@ -150,7 +150,7 @@ def _quiet_download() -> Iterator[None]:
 def download_model(uri: str, dst_dir: str | os.PathLike[str], *, tracking_uri: str | None = None) -> Path:
     """Download the compat model file of a registered version into ``dst_dir``.
 
-    Only ``model.pt`` is downloaded and returned; load it with :func:`compat.train.load_model`
+    Only ``model.pt`` is downloaded and returned; load it with :func:`compat.models.load_model`
     (``weights_only``). A version without it (e.g. a pyfunc model) is a :class:`CompatError`.
     """
     import mlflow.artifacts
@@ -184,7 +184,7 @@ def register_model(
     experiment: str | None = None,
     tracking_uri: str | None = None,
 ) -> RegisteredVersion:
-    """Register a compat model file (written by :func:`compat.train.save_model`) as a new version of
+    """Register a compat model file (written by :func:`compat.models.save_model`) as a new version of
     the registered model ``name`` (created when absent).
 
     The file is first loaded with ``weights_only=True`` (so only a valid compat model is registered),
@@ -196,7 +196,7 @@ def register_model(
     """
     from mlflow.entities import RunStatus
 
-    from compat.train import load_model
+    from compat.models import load_model
 
     p = Path(path)
     load_model(p)  # raises CompatError unless it is a loadable compat model file

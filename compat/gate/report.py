@@ -11,16 +11,13 @@ from typing import Any
 from compat._atomic import write_all_or_nothing
 from compat.errors import CompatError
 from compat.gate.decide import CheckResult, GateVerdict
-from compat.gate.policy import CheckKind
+from compat.gate.policy import Bound, CheckKind
+from compat.markdown import escape
 
 __all__ = ["JSON_NAME", "MARKDOWN_NAME", "append_step_summary", "render_markdown", "write_reports"]
 
 JSON_NAME = "gate.json"
 MARKDOWN_NAME = "gate.md"
-
-
-def _md(text: str) -> str:
-    return str(text).replace("|", "\\|")
 
 
 def _fmt(check: CheckResult, x: float | None, *, bound: str = "") -> str:
@@ -40,13 +37,12 @@ def _verdict(check: CheckResult) -> str:
     return "✗ fail" if check.required else "✗ fail (not required)"
 
 
-_BOUND = {"ci_low": "lower bound", "ci_high": "upper bound"}
+_BOUND = {Bound.LOW: "lower bound", Bound.HIGH: "upper bound"}
 _OP = {">": ">", ">=": "≥", "<=": "≤"}
 
 
 def _threshold(check: CheckResult) -> str:
-    bound, op, _ = check.rule.split()
-    return f"{_BOUND[bound]} {_OP[op]} {_fmt(check, check.threshold)}"
+    return f"{_BOUND[check.rule.bound]} {_OP[check.rule.op]} {_fmt(check, check.threshold)}"
 
 
 def render_markdown(verdict: GateVerdict, promotion: Mapping[str, Any] | None = None) -> str:
@@ -54,8 +50,8 @@ def render_markdown(verdict: GateVerdict, promotion: Mapping[str, Any] | None = 
     head = "PASSED ✓" if verdict.passed else "FAILED ✗"
     level = round(100 * verdict.confidence)
     setting = (
-        f"Candidate `{_md(verdict.inputs['new']['source'])}` against production "
-        f"`{_md(verdict.inputs['old']['source'])}` · protocol {verdict.protocol} · {verdict.similarity} · "
+        f"Candidate `{escape(verdict.inputs['new']['source'])}` against production "
+        f"`{escape(verdict.inputs['old']['source'])}` · protocol {verdict.protocol} · {verdict.similarity} · "
         f"{level}% paired bootstrap intervals over queries ({verdict.n_resamples} resamples, seed {verdict.seed})"
     )
     lines = [
@@ -69,24 +65,24 @@ def render_markdown(verdict: GateVerdict, promotion: Mapping[str, Any] | None = 
     for c in verdict.checks:
         interval = "–" if c.skipped else f"[{_fmt(c, c.ci_low, bound='low')}, {_fmt(c, c.ci_high, bound='high')}]"
         lines.append(
-            f"| {_md(c.name)} | {c.metric} | {_fmt(c, c.value) if not c.skipped else '–'} | {interval} | "
+            f"| {escape(c.name)} | {c.metric} | {_fmt(c, c.value) if not c.skipped else '–'} | {interval} | "
             f"{_threshold(c)} | {'yes' if c.required else 'no'} | {_verdict(c)} |"
         )
     lines.append("")
     for c in verdict.checks:
         if c.skipped:
-            lines.append(f"- **{_md(c.name)}**: {_md(c.note)}")
+            lines.append(f"- **{escape(c.name)}**: {escape(c.note)}")
             continue
-        cells = ", ".join(f"M({k.replace('/', ', ')}) = {100 * v:.2f}" for k, v in c.cells.items())
-        text = f"- **{_md(c.name)}** ({c.kind.value}, {c.n_queries} paired queries): {_md(cells)}"
+        cells = ", ".join(f"M({m.query}, {m.gallery}) = {100 * m.value:.2f}" for m in c.cells)
+        text = f"- **{escape(c.name)}** ({c.kind.value}, {c.n_queries} paired queries): {escape(cells)}"
         if c.note:
-            text += f"; {_md(c.note)}"
+            text += f"; {escape(c.note)}"
         lines.append(text)
     lines += ["", "M(q, g): queries of model q against the gallery of model g, in percent."]
     if promotion:
         lines += [
             "",
-            f"Promoted: `models:/{_md(promotion['name'])}/{promotion['version']}` is now "
+            f"Promoted: `models:/{escape(promotion['name'])}/{promotion['version']}` is now "
             f"`@{promotion['alias']}`"
             + (
                 f" (the previous champion, version {promotion['previous']}, is `@previous`)."

@@ -1,9 +1,11 @@
-"""Models: backbones, the embedding model, and the d-Simplex and learnable classifier heads."""
+"""Models: backbones, the embedding model, the d-Simplex and learnable heads, model files and extraction."""
 
 from compat.models.backbones import MLP, CifarResNet, SmallCNN, build_backbone, list_backbones, register_backbone
 from compat.models.basis import BasisTransform, orthogonal_linear
 from compat.models.embedding import BasisTransformModel, EmbeddingModel, HeadKind, ModelOutput, build_model
+from compat.models.extract import embed_dataset, extract_features, file_digest
 from compat.models.heads import LinearHead, SimplexHead
+from compat.models.io import load_checkpoint, load_model, save_checkpoint, save_model
 from compat.models.simplex import d_simplex
 
 __all__ = [
@@ -20,7 +22,14 @@ __all__ = [
     "build_backbone",
     "build_model",
     "d_simplex",
+    "embed_dataset",
+    "extract_features",
+    "file_digest",
     "list_backbones",
+    "load_checkpoint",
+    "load_model",
     "orthogonal_linear",
     "register_backbone",
+    "save_checkpoint",
+    "save_model",
 ]

@@ -21,9 +21,12 @@ from compat.retrieval.knn import (
 from compat.retrieval.metrics import Metric, MetricKind, RetrievalResult, parse_metrics
 from compat.retrieval.protocols import leave_one_out, pair_verification, template_identification
 
-__all__ = ["DEFAULT_METRICS", "Protocol", "RetrievalEvaluator"]
+__all__ = ["DEFAULT_FOLDS", "DEFAULT_METRICS", "DEFAULT_PAIRS", "Protocol", "RetrievalEvaluator"]
 
 DEFAULT_METRICS = ("cmc@1", "cmc@5", "map")
+# Pair verification: positive (and as many negative) pairs, and the folds of the threshold choice.
+DEFAULT_PAIRS = 3000
+DEFAULT_FOLDS = 10
 
 
 class Protocol(str, Enum):
@@ -54,6 +57,7 @@ class RetrievalEvaluator:
         folds: folds for the verification threshold.
         seed: seed of the pair sampler and fold split.
         threads: CPU threads for ranking (default: torch's thread count).
+        progress: a bar over the query chunks of large cells, on a terminal.
 
     Example:
         >>> ev = RetrievalEvaluator(metrics=("cmc@1", "map"))
@@ -70,10 +74,11 @@ class RetrievalEvaluator:
         backend: Backend | str = Backend.AUTO,
         device: str = "auto",
         memory_budget: int | str = DEFAULT_MEMORY_BUDGET,
-        pairs: int = 3000,
-        folds: int = 10,
+        pairs: int = DEFAULT_PAIRS,
+        folds: int = DEFAULT_FOLDS,
         seed: int = 0,
         threads: int | None = None,
+        progress: bool = False,
     ):
         self.protocol: Protocol = parse_choice(Protocol, protocol, "protocol")
         if metrics is None:
@@ -95,6 +100,7 @@ class RetrievalEvaluator:
             raise CompatError(f"pairs/folds: need pairs >= 1 and folds >= 2, got {pairs} and {folds}")
         self.pairs, self.folds, self.seed = pairs, folds, seed
         self.threads = threads or _default_threads()
+        self.progress = progress
 
     @property
     def metric_names(self) -> tuple[str, ...]:
@@ -127,7 +133,8 @@ class RetrievalEvaluator:
         cell = (query, query_labels, query_ids, gallery, gallery_labels, gallery_ids, self.metrics)
         if self.protocol is Protocol.LOO:
             return leave_one_out(*cell, similarity=self.similarity, backend=self.backend.value, device=self.device,
-                                 memory_budget=self.memory_budget, threads=self.threads, where=where)
+                                 memory_budget=self.memory_budget, threads=self.threads, where=where,
+                                 progress=self.progress)
         if self.protocol is Protocol.TEMPLATE:
             return template_identification(*cell, similarity=self.similarity, memory_budget=self.memory_budget,
                                            where=where)

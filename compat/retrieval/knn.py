@@ -22,12 +22,13 @@ import numpy as np
 from compat.choices import parse_choice
 from compat.device import resolve_device
 from compat.errors import CompatError
+from compat.progress import progress as progress_bar
 
 __all__ = ["Backend", "Similarity", "knn", "parse_memory_budget", "resolve_backend"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MEMORY_BUDGET = 1 << 30
+DEFAULT_MEMORY_BUDGET = "1GiB"
 # Extra candidates fetched beyond k, so that float32 near-ties at the cut rarely need a re-search.
 _EXTRA_CANDIDATES = 8
 _UNIT_ROUNDOFF32 = 2.0**-24
@@ -173,6 +174,7 @@ def knn(
     device: str = "cpu",
     exclude: np.ndarray | None = None,
     memory_budget: int | str = DEFAULT_MEMORY_BUDGET,
+    progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k neighbours of each query in the gallery.
 
@@ -185,6 +187,7 @@ def knn(
         device: ``cpu``, ``cuda`` or ``auto``.
         exclude: (Nq,) gallery index to leave out for each query (leave-one-out), -1 for none.
         memory_budget: bytes (or ``"1GiB"``) for the score blocks and candidate buffers.
+        progress: a bar over the query chunks on a terminal (when there are several).
 
     Returns:
         ``(D, I)``: (Nq, k) float64 scores (cosine similarity, or squared L2 distance for ``l2``)
@@ -215,7 +218,8 @@ def knn(
     search = _torch_candidates if backend is Backend.TORCH else _faiss_candidates
     scores = np.full((nq, k), np.nan)
     indices = np.full((nq, k), -1, dtype=np.int64)
-    for start in range(0, nq, plan.query_rows):
+    chunks = range(0, nq, plan.query_rows)
+    for start in progress_bar(chunks, desc="searching", enabled=progress and len(chunks) > 1):
         q = prepare(query[start : start + plan.query_rows], similarity)
         ex = np.asarray(exclude[start : start + len(q)], dtype=np.int64)
         cand_s, cand_i = search(q, prepared, kk, ex, similarity, device)
@@ -400,6 +404,7 @@ def scored_chunks(
     device: str,
     exclude: np.ndarray,
     memory_budget: int,
+    progress: bool = False,
 ) -> Iterator[tuple[int, object, np.ndarray, np.ndarray]]:
     """Full score rows for chunks of queries, with their exact top-k.
 
@@ -429,7 +434,8 @@ def scored_chunks(
         return torch.from_numpy(x).to(device=device, dtype=dtype)
 
     on_device = [(start, to_device(block)) for start, block in prepared] if prepared.cache else None
-    for start in range(0, nq, query_rows):
+    chunks = range(0, nq, query_rows)
+    for start in progress_bar(chunks, desc="ranking", enabled=progress and len(chunks) > 1):
         q_raw = query[start : start + query_rows]
         qt = to_device(prepare(q_raw, similarity))
         ex = np.asarray(exclude[start : start + len(q_raw)], dtype=np.int64)

@@ -97,6 +97,7 @@ def leave_one_out(
     memory_budget: int = 1 << 30,
     threads: int = 2,
     where: str = "leave-one-out",
+    progress: bool = False,
 ) -> RetrievalResult:
     """Leave-one-out retrieval: each query's own item (by id) is removed from the gallery.
 
@@ -105,6 +106,7 @@ def leave_one_out(
         query_labels, gallery_labels: (Nq,), (Ng,) int64.
         query_ids, gallery_ids: item ids; every query id must be in the gallery.
         metrics: any of cmc@k, map, map@r.
+        progress: a bar over the query chunks on a terminal.
 
     Returns:
         Averages over the queries that have at least one positive; the others are counted.
@@ -129,11 +131,13 @@ def leave_one_out(
             device=device,
             exclude=exclude,
             memory_budget=memory_budget,
+            progress=progress,
         )
         per_query.update(_cmc_hits(_first_positive(idx, gallery_labels, query_labels), metrics))
         return _result(per_query, has_pos, metrics)
     for start, scores, _, top_i in scored_chunks(
-        query, gallery, kmax, similarity=similarity, device=device, exclude=exclude, memory_budget=memory_budget
+        query, gallery, kmax, similarity=similarity, device=device, exclude=exclude, memory_budget=memory_budget,
+        progress=progress,
     ):
         rows = np.arange(start, start + scores.shape[0])
         for name, hits in _cmc_hits(_first_positive(top_i, gallery_labels, query_labels[rows]), metrics).items():

@@ -1,28 +1,34 @@
-"""Training: recipes, the epoch loop with exact resume, checkpoints, extraction and the version chain."""
+"""Training: recipes, the version chain, the epoch loop with exact resume, and the adapter stage.
 
-from compat.train.chain import VersionPlan, load_model, plan_versions, save_model, train_chain
-from compat.train.checkpoint import load_checkpoint, save_checkpoint, seed_everything
+Model files and feature extraction, which inference uses too, are in :mod:`compat.models`.
+"""
+
+from compat.train.chain import ChainResult, TrainedVersion, train_chain
+from compat.train.checkpoint import seed_everything
 from compat.train.config import Recipe, apply_overrides, load_recipe
-from compat.train.extract import embed_dataset, extract_features
+from compat.train.data import RecipeData, training_pool
+from compat.train.evaluation import build_evaluator, evaluate_run
 from compat.train.loop import EpochStats, plan_batches, train_version
+from compat.train.plan import VersionPlan, model_spec, plan_versions
 from compat.train.step import backward_step
 
 __all__ = [
+    "ChainResult",
     "EpochStats",
     "Recipe",
+    "RecipeData",
+    "TrainedVersion",
     "VersionPlan",
     "apply_overrides",
     "backward_step",
-    "embed_dataset",
-    "extract_features",
-    "load_checkpoint",
-    "load_model",
+    "build_evaluator",
+    "evaluate_run",
     "load_recipe",
+    "model_spec",
     "plan_batches",
     "plan_versions",
-    "save_checkpoint",
-    "save_model",
     "seed_everything",
     "train_chain",
     "train_version",
+    "training_pool",
 ]

@@ -1,19 +1,17 @@
-"""Checkpoints: everything needed to resume exactly, written atomically, loaded without pickle."""
+"""What a training checkpoint adds to a model file: the seeds and the RNG states that make a resume exact.
+
+Checkpoint files are written and read by :mod:`compat.models.io` (atomic writes, ``weights_only`` loads).
+"""
 
 from __future__ import annotations
 
 import random
-import warnings
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from compat._atomic import atomic_path
-from compat.errors import CompatError
-
-__all__ = ["load_checkpoint", "rng_state", "save_checkpoint", "seed_everything", "set_rng_state"]
+__all__ = ["rng_state", "seed_everything", "set_rng_state"]
 
 
 def seed_everything(seed: int) -> None:
@@ -57,36 +55,3 @@ def _python_state_to_plain(st: tuple) -> dict[str, Any]:
 
 def _plain_to_python_state(d: dict[str, Any]) -> tuple:
     return (d["version"], tuple(int(x) for x in d["state"].tolist()), d["gauss"])
-
-
-def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
-    """``torch.save`` to a temporary file next to ``path``, then rename."""
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-    return Path(path)
-
-
-def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load with ``weights_only=True``: tensors and plain containers only, never arbitrary objects."""
-    p = Path(path)
-    if not p.is_file():
-        raise CompatError(f"{p}: no such checkpoint")
-    try:
-        with warnings.catch_warnings():  # a foreign pickle protocol: refused or loaded, never worth a warning
-            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
-            return torch.load(p, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001  (torch raises UnpicklingError, RuntimeError, EOFError...)
-        raise CompatError(f"{p}: not a loadable checkpoint ({_load_error(exc)})") from None
-
-
-def _load_error(exc: Exception) -> str:
-    """One line saying why ``torch.load(weights_only=True)`` failed, without torch's multi-line advice
-    (which suggests loading with ``weights_only=False``: never for a file from elsewhere)."""
-    text = str(exc)
-    marker = "WeightsUnpickler error:"
-    if marker in text:
-        detail = next((line.strip() for line in text.split(marker, 1)[1].splitlines() if line.strip()), "")
-        detail = detail.split(". Please use", 1)[0].rstrip(".")
-        return f"weights-only loading refused it: {detail}; only tensors and plain containers are loaded"
-    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

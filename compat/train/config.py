@@ -12,10 +12,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from compat.adapters.config import DEFAULT_BACKFILL_POINTS
+from compat.compatibility.cell import DimPolicy
 from compat.configfile import read_yaml_mapping, validate_model
 from compat.errors import CompatError
+from compat.retrieval.evaluator import DEFAULT_METRICS, Protocol
+from compat.retrieval.knn import DEFAULT_MEMORY_BUDGET, Backend, Similarity
 
 __all__ = [
     "AdapterSpec",
@@ -123,13 +127,29 @@ class TrainConfig(_Strict):
 
 
 class EvalConfig(_Strict):
-    protocol: Literal["loo", "template", "pairs"] = "loo"
-    metrics: list[str] = Field(default_factory=lambda: ["cmc@1", "cmc@5", "map"])
-    similarity: Literal["cosine", "l2"] = "cosine"
-    dim_policy: Literal["error", "truncate", "pad"] = "error"
-    # Also train an independent model on the newest version's data (same backbone and schedule),
-    # to report the update gain against it. Methods with a teacher (BT^2) always have one.
+    """How the chain is evaluated (:func:`compat.train.evaluation.build_evaluator` builds the evaluator).
+
+    ``backend`` and ``memory_budget`` change how fast and in how much memory, never the numbers.
+    ``independent_reference``: also train an independent model on the newest version's data (same
+    backbone and schedule) and report the update gain against it; methods with a teacher (BT^2)
+    always have one.
+    """
+
+    protocol: Protocol = Protocol.LOO
+    metrics: list[str] = Field(default_factory=lambda: list(DEFAULT_METRICS))
+    similarity: Similarity = Similarity.COSINE
+    dim_policy: DimPolicy = DimPolicy.ERROR
+    backend: Backend = Backend.AUTO
+    memory_budget: str = DEFAULT_MEMORY_BUDGET
     independent_reference: bool = False
+
+    @field_validator("memory_budget")
+    @classmethod
+    def _budget(cls, value: str) -> str:
+        from compat.retrieval.knn import parse_memory_budget
+
+        parse_memory_budget(value)  # a CompatError is a ValueError: pydantic reports it with the key
+        return value
 
 
 class AdapterSpec(_Strict):
@@ -161,7 +181,7 @@ class AdaptersConfig(_Strict):
     temperature: float | None = None
     alpha: float | None = None
     backfill: list[Literal["random", "farthest", "uncertainty"]] = Field(default_factory=list)
-    backfill_points: int = 11
+    backfill_points: int = DEFAULT_BACKFILL_POINTS
 
 
 class Recipe(_Strict):

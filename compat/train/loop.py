@@ -22,7 +22,9 @@ import torch
 from torch import nn
 
 from compat.methods.base import Method
-from compat.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from compat.models.io import load_checkpoint, save_checkpoint
+from compat.progress import progress as progress_bar
+from compat.train.checkpoint import rng_state, set_rng_state
 from compat.train.config import TrainConfig
 from compat.train.distributed import DistributedContext
 from compat.train.optim import build_optimizer, build_scheduler
@@ -74,6 +76,16 @@ class _Batches(torch.utils.data.Dataset):
         return images, labels, torch.from_numpy(self.batches[i])
 
 
+@dataclass
+class _Optimisation:
+    """The optimiser, its per-iteration schedule, the AMP scaler (CUDA only) and the steps per epoch."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None
+    steps_per_epoch: int
+
+
 def train_version(
     model: nn.Module,
     method: Method,
@@ -111,83 +123,34 @@ def train_version(
         extra_state: saved in the checkpoint as is (the resolved recipe, the label map...).
         dist: torch.distributed context (rank, world size) when launched by torchrun.
         on_epoch: called with each epoch's statistics (rank 0).
+        progress: a bar per epoch on a terminal (rank 0).
         cached: features computed once per dataset index, looked up per batch: ``"old"`` (the old
             model's, when ``method.old_features == "cached"``) and ``"teacher"``.
     """
-    cached = cached or {}
     dist = dist or DistributedContext.single()
     model.to(device)
     if old_model is not None:
         old_model.to(device).eval()
         for p in old_model.parameters():
             p.requires_grad_(False)
-    memory_set = torch.from_numpy(np.asarray(memory_indices, dtype=np.int64))
-    steps_per_epoch = len(plan_batches(new_indices, memory_indices, cfg.batch_size, seed=seed, epoch=0))
-    steps_per_epoch = max(1, steps_per_epoch // dist.world_size)
-    optimizer = build_optimizer(model, cfg)
-    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
-    use_amp = cfg.amp and device.startswith("cuda")
-    scaler = torch.amp.GradScaler("cuda") if use_amp else None
+    opt = _optimisation(model, cfg, new_indices, memory_indices, seed=seed, world_size=dist.world_size, device=device)
     train_model = dist.wrap(model)
-
-    start_epoch = 0
-    if resume and checkpoint_path.is_file():
-        state = load_checkpoint(checkpoint_path, map_location=device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
-        start_epoch = int(state["epoch"]) + 1
-        logger.info("resumed %s at epoch %d", checkpoint_path, start_epoch)
-
+    start_epoch = _resume(checkpoint_path, model, opt, device) if resume and checkpoint_path.is_file() else 0
+    step = _Step(method, old_model, cached or {}, torch.from_numpy(np.asarray(memory_indices, dtype=np.int64)),
+                 opt, cfg, device, list(model.parameters()))
     for epoch in range(start_epoch, cfg.epochs):
-        train_model.train()
         batches = plan_batches(new_indices, memory_indices, cfg.batch_size, seed=seed, epoch=epoch)
-        batches = dist.shard(batches)[:steps_per_epoch]
-        loader = torch.utils.data.DataLoader(
-            _Batches(dataset, batches), batch_size=None, shuffle=False, num_workers=num_workers,
-            persistent_workers=False,
-        )
-        totals = {"loss": 0.0, "correct": 0, "seen": 0}
-        parts_sum: dict[str, float] = {}
-        bar = _progress(loader, epoch, cfg.epochs, enabled=progress and dist.is_main)
-        for images, labels, idx in bar:
-            images = images.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
-            autocast = torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext()
-            with autocast:
-                out = train_model(images)
-                old_features = cached["old"][idx.to(cached["old"].device)] if "old" in cached else None
-                if old_model is not None and method.old_features == "batch":
-                    with torch.no_grad():
-                        old_features = old_model.embed(images)
-                teacher = cached["teacher"][idx.to(cached["teacher"].device)] if "teacher" in cached else None
-                from_memory = torch.isin(idx, memory_set).to(device) if len(memory_set) else None
-                result = method.loss(out.features, out.logits, labels, old_features=old_features,
-                                     from_memory=from_memory, teacher_features=teacher,
-                                     head_features=out.head_features)
-            backward_step(result.total, optimizer, scaler, cfg.grad_clip, list(model.parameters()))
-            scheduler.step()
-            n = len(labels)
-            totals["loss"] += float(result.total.detach()) * n
-            totals["correct"] += int((out.logits.detach().argmax(1) == labels).sum())
-            totals["seen"] += n
-            for k, v in result.parts.items():
-                parts_sum[k] = parts_sum.get(k, 0.0) + v * n
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{totals['loss'] / totals['seen']:.4f}",
-                                acc=f"{totals['correct'] / totals['seen']:.3f}")
-        seen = max(1, totals["seen"])
-        stats = EpochStats(epoch, totals["loss"] / seen, totals["correct"] / seen,
-                           {k: v / seen for k, v in parts_sum.items()}, scheduler.get_last_lr()[0])
+        batches = dist.shard(batches)[: opt.steps_per_epoch]
+        loader = torch.utils.data.DataLoader(_Batches(dataset, batches), batch_size=None, shuffle=False,
+                                             num_workers=num_workers, persistent_workers=False)
+        bar = progress_bar(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", enabled=progress and dist.is_main)
+        stats = _train_epoch(train_model, step, bar, epoch)
         if dist.is_main:
             save_checkpoint(checkpoint_path, {
                 "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else {},
+                "optimizer": opt.optimizer.state_dict(),
+                "scheduler": opt.scheduler.state_dict(),
+                "scaler": opt.scaler.state_dict() if opt.scaler is not None else {},
                 "epoch": epoch,
                 "rng": rng_state(),
                 **(extra_state or {}),
@@ -198,9 +161,80 @@ def train_version(
     return model
 
 
-def _progress(loader, epoch: int, epochs: int, *, enabled: bool):
-    if not enabled:
-        return loader
-    from tqdm import tqdm
+def _optimisation(model: nn.Module, cfg: TrainConfig, new_indices: np.ndarray, memory_indices: np.ndarray, *,
+                  seed: int, world_size: int, device: str) -> _Optimisation:
+    steps = len(plan_batches(new_indices, memory_indices, cfg.batch_size, seed=seed, epoch=0))
+    steps = max(1, steps // world_size)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg, steps)
+    scaler = torch.amp.GradScaler("cuda") if cfg.amp and device.startswith("cuda") else None
+    return _Optimisation(optimizer, scheduler, scaler, steps)
 
-    return tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
+
+def _resume(path: Path, model: nn.Module, opt: _Optimisation, device: str) -> int:
+    """Load the last epoch's state from ``path``; returns the epoch to continue from."""
+    state = load_checkpoint(path, map_location=device)
+    model.load_state_dict(state["model"])
+    opt.optimizer.load_state_dict(state["optimizer"])
+    opt.scheduler.load_state_dict(state["scheduler"])
+    if opt.scaler is not None and state.get("scaler"):
+        opt.scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+    logger.info("resumed %s at epoch %d", path, int(state["epoch"]) + 1)
+    return int(state["epoch"]) + 1
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One optimisation step of a method: forward, the method's loss, backward and schedule."""
+
+    method: Method
+    old_model: nn.Module | None
+    cached: dict[str, torch.Tensor]
+    memory_set: torch.Tensor
+    opt: _Optimisation
+    cfg: TrainConfig
+    device: str
+    parameters: list[torch.Tensor]
+
+    def __call__(self, train_model: nn.Module, images: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor):
+        images = images.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        use_amp = self.opt.scaler is not None
+        with torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext():
+            out = train_model(images)
+            old_features = self._lookup("old", idx)
+            if self.old_model is not None and self.method.old_features == "batch":
+                with torch.no_grad():
+                    old_features = self.old_model.embed(images)
+            from_memory = torch.isin(idx, self.memory_set).to(self.device) if len(self.memory_set) else None
+            result = self.method.loss(out.features, out.logits, labels, old_features=old_features,
+                                      from_memory=from_memory, teacher_features=self._lookup("teacher", idx),
+                                      head_features=out.head_features)
+        backward_step(result.total, self.opt.optimizer, self.opt.scaler, self.cfg.grad_clip, self.parameters)
+        self.opt.scheduler.step()
+        return out, labels, result
+
+    def _lookup(self, key: str, idx: torch.Tensor) -> torch.Tensor | None:
+        table = self.cached.get(key)
+        return None if table is None else table[idx.to(table.device)]
+
+
+def _train_epoch(train_model: nn.Module, step: _Step, batches, epoch: int) -> EpochStats:
+    """One pass over the planned batches; the epoch's mean loss, accuracy and loss terms."""
+    train_model.train()
+    loss_sum, correct, seen = 0.0, 0, 0
+    parts_sum: dict[str, float] = {}
+    for images, labels, idx in batches:
+        out, labels, result = step(train_model, images, labels, idx)
+        n = len(labels)
+        loss_sum += float(result.total.detach()) * n
+        correct += int((out.logits.detach().argmax(1) == labels).sum())
+        seen += n
+        for k, v in result.parts.items():
+            parts_sum[k] = parts_sum.get(k, 0.0) + v * n
+        if hasattr(batches, "set_postfix"):
+            batches.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}")
+    seen = max(1, seen)
+    return EpochStats(epoch, loss_sum / seen, correct / seen, {k: v / seen for k, v in parts_sum.items()},
+                      step.opt.scheduler.get_last_lr()[0])

@@ -80,7 +80,7 @@ def test_the_same_files_give_the_same_cells_through_eval_gate_and_adapters(sizes
     adapter = fit_adapter(new, old, AdapterConfig(kind="procrustes", forward="none"))
     adapted = evaluate_with_adapters([Version("v1", old), Version("v2", new)], RetrievalEvaluator(METRICS),
                                      {("v2", "v1"): adapter})
-    cells = adapted.adapters[0].cells
+    cells = {c.value: values for c, values in adapted.adapters[0].cells.items()}
     from_adapters = {m: {name: cells[name][m] for name in ("new/old", "old/old", "new/new")} for m in METRICS}
 
     assert from_gate == from_eval

@@ -1,4 +1,4 @@
-"""Feature extraction: a model's retrieval features over a dataset split, as a FeatureSet."""
+"""Feature extraction: a model's retrieval features over a dataset (split), as a FeatureSet."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from compat.features import FeatureSet
+from compat.progress import progress as progress_bar
 
 __all__ = ["embed_dataset", "extract_features", "file_digest"]
 
@@ -32,8 +33,12 @@ def embed_dataset(
     device: str = "cpu",
     batch_size: int = 512,
     num_workers: int = 0,
+    progress: bool = False,
 ) -> torch.Tensor:
     """``model.embed`` over ``dataset`` (or its items ``indices``, in that order), in eval mode.
+
+    Args:
+        progress: a bar over the batches on a terminal.
 
     Returns:
         (N, D) float32 features on the CPU.
@@ -43,7 +48,8 @@ def embed_dataset(
     was_training = model.training
     model.eval().to(device)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    chunks = [model.embed(images.to(device)).float().cpu() for images, _ in loader]
+    batches = progress_bar(loader, desc="extracting features", total=len(loader), enabled=progress)
+    chunks = [model.embed(images.to(device)).float().cpu() for images, _ in batches]
     model.train(was_training)
     return torch.cat(chunks)
 
@@ -58,6 +64,7 @@ def extract_features(
     batch_size: int = 512,
     num_workers: int = 0,
     meta: dict[str, Any] | None = None,
+    progress: bool = True,
 ) -> FeatureSet:
     """Embed every item of ``dataset`` with ``model.embed`` (eval mode, no augmentation).
 
@@ -66,6 +73,8 @@ def extract_features(
         dataset: items ``(image, label)`` in the order of ``labels`` and ``ids``.
         labels, ids: (N,) arrays describing the items.
         meta: stored with the features (model, version, dataset, split, checkpoint digest).
+        progress: a bar over the batches on a terminal.
     """
-    features = embed_dataset(model, dataset, device=device, batch_size=batch_size, num_workers=num_workers).numpy()
+    features = embed_dataset(model, dataset, device=device, batch_size=batch_size, num_workers=num_workers,
+                             progress=progress).numpy()
     return FeatureSet.from_arrays(features, labels, ids, meta={"normalized": False, **(meta or {})})

@@ -1,0 +1,134 @@
+"""``compat eval``: a chain of feature sets, every version's queries against every older gallery."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from compat.adapters.config import DEFAULT_BACKFILL_POINTS, Ordering
+from compat.cli import options
+from compat.errors import CompatError
+from compat.retrieval.evaluator import DEFAULT_FOLDS, DEFAULT_PAIRS, Protocol
+
+__all__ = ["eval_command"]
+
+
+@click.command("eval")
+@click.option("--version", "versions", type=options.NamedPath(), multiple=True, required=True,
+              help="A version's gallery features, oldest first: NAME=FEATURES (.npz or .npy directory).")
+@click.option("--query", "queries", type=options.NamedPath(), multiple=True,
+              help="Separate query features for a version: NAME=FEATURES. Default: the gallery itself.")
+@click.option("--adapter", "adapters", type=options.AdapterPath(), multiple=True,
+              help="An adapter file from 'compat adapt': B maps NEW's queries before they search OLD's gallery.")
+@click.option("--backfill", "backfill", multiple=True, type=options.choice(Ordering),
+              help="Draw the partial-backfill curve with this ordering (repeatable), for every adapted pair "
+              "(without adapters: the newest upgrade).")
+@click.option("--backfill-points", type=click.IntRange(min=2), default=DEFAULT_BACKFILL_POINTS, show_default=True,
+              help="Points of the backfill grid, beta from 0 to 1.")
+@click.option("--protocol", type=options.choice(Protocol), default=Protocol.LOO.value, show_default=True,
+              help="Leave-one-out retrieval, per-class template identification, or pair verification.")
+@click.option("--metric", "metrics", multiple=True,
+              help="cmc@K, map, map@r (loo); cmc@K, map (template); acc (pairs). Default: cmc@1 cmc@5 map.")
+@options.evaluator_options
+@click.option("--independent", type=click.Path(path_type=Path), default=None,
+              help="Features of the newest model trained without compatibility: the update gain's upper bound.")
+@click.option("--pairs", "n_pairs", type=click.IntRange(min=1), default=DEFAULT_PAIRS, show_default=True,
+              help="Positive (and as many negative) pairs for --protocol pairs.")
+@click.option("--folds", type=click.IntRange(min=2), default=DEFAULT_FOLDS, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the pair sampler and of the random backfill ordering.")
+@click.option("--ties-pass", is_flag=True,
+              help="Count M(new, old) == M(old, old) as compatible (default: a tie fails).")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("compat-report"), show_default=True)
+@options.tracking
+@options.quiet
+@options.fail_cleanly
+def eval_command(versions: tuple[tuple[str, Path], ...], queries: tuple[tuple[str, Path], ...],
+                 adapters: tuple[tuple[str, str, Path], ...], backfill: tuple[str, ...], backfill_points: int,
+                 protocol: str, metrics: tuple[str, ...], similarity: str, dim_policy: str, backend: str, device: str,
+                 memory_budget: str, independent: Path | None, n_pairs: int, folds: int, seed: int, ties_pass: bool,
+                 out: Path, track: bool, experiment: str | None, quiet: bool) -> None:
+    """Evaluate a chain of versions: every version's queries against every older gallery.
+
+    Writes compat.json, compat.md and compat.png under --out (and backfill.png with --backfill).
+    """
+    from compat.features import load_features
+    from compat.retrieval.evaluator import RetrievalEvaluator
+
+    chain = _load_chain(versions, queries)
+    evaluator = RetrievalEvaluator(metrics or None, protocol=protocol, similarity=similarity, backend=backend,
+                                   device=device, memory_budget=memory_budget, pairs=n_pairs, folds=folds, seed=seed,
+                                   progress=not quiet)
+    reference = load_features(independent) if independent is not None else None
+    settings = {"dim_policy": dim_policy, "strict": not ties_pass, "independent": reference}
+    if adapters or backfill:
+        report, files = _eval_adapted(chain, evaluator, adapters, backfill, backfill_points, seed, out, settings)
+    else:
+        report, files = _eval_plain(chain, evaluator, out, settings)
+    click.echo(f"reports written to {out}/")
+
+    from compat.tracking import log_evaluation, tracking_enabled
+
+    if tracking_enabled(track):
+        inputs = {v.name: _describe(v.gallery) for v in chain}
+        inputs.update({f"{v.name}.query": _describe(v.query) for v in chain if v.query is not None})
+        click.echo(f"MLflow run {log_evaluation(report, inputs=inputs, files=files, experiment=experiment)}")
+
+
+def _load_chain(versions: tuple[tuple[str, Path], ...], queries: tuple[tuple[str, Path], ...]):
+    """The ``Version`` chain of ``--version`` (and ``--query``) options, oldest first."""
+    from compat.compatibility.matrix import Version
+    from compat.features import load_features
+
+    options.unique_names(versions, "--version")
+    options.unique_names(queries, "--query")
+    names = [n for n, _ in versions]
+    for name, _ in queries:
+        if name not in names:
+            raise CompatError(f"--query: {name!r} is not one of the versions ({', '.join(names)})")
+    query_paths = dict(queries)
+    return [Version(name, load_features(path), load_features(query_paths[name]) if name in query_paths else None)
+            for name, path in versions]
+
+
+def _eval_plain(chain, evaluator, out: Path, settings: dict):
+    from compat.compatibility.matrix import evaluate_chain
+    from compat.compatibility.report import render_markdown, write_reports
+
+    report = evaluate_chain(chain, evaluator, **settings)
+    files = _write(lambda: write_reports(report, out), out)
+    click.echo(render_markdown(report))
+    return report, files
+
+
+def _eval_adapted(chain, evaluator, adapters, backfill, backfill_points: int, seed: int, out: Path, settings: dict):
+    """``compat eval`` with adapters and / or backfill curves; returns the chain report and the files written."""
+    from compat.adapters.evaluate import evaluate_with_adapters
+    from compat.adapters.io import load_adapter
+    from compat.adapters.report import render_adapter_markdown, write_adapted_reports
+    from compat.compatibility.report import render_markdown
+
+    loaded, paths = {}, {}
+    for new, old, path in adapters:
+        if (new, old) in loaded:
+            raise CompatError(f"--adapter: the pair {new}:{old} is given twice")
+        loaded[(new, old)] = load_adapter(path)
+        paths[(new, old)] = str(path)
+    adapted = evaluate_with_adapters(chain, evaluator, loaded, paths=paths, backfill=backfill,
+                                     backfill_points=backfill_points, seed=seed, **settings)
+    files = _write(lambda: write_adapted_reports(adapted, out), out)
+    click.echo(render_markdown(adapted.report))
+    click.echo(render_adapter_markdown(adapted))
+    return adapted.report, files
+
+
+def _write(write, out: Path) -> list[Path]:
+    try:
+        return write()
+    except OSError as exc:
+        raise CompatError(f"--out {out}: cannot write the reports ({exc})") from None
+
+
+def _describe(fs) -> dict[str, object]:
+    return {"path": fs.source, "n": fs.n, "dim": fs.dim, **fs.meta}

@@ -1,0 +1,89 @@
+"""``compat gate``: may the candidate replace production and query its gallery without backfilling?"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from compat.cli import options
+from compat.errors import EXIT_GATE_FAILED, CompatError
+from compat.gate.bootstrap import DEFAULT_RESAMPLES
+from compat.retrieval.evaluator import Protocol
+
+__all__ = ["gate_command"]
+
+
+@click.command("gate")
+@click.option("--old", required=True, metavar="SOURCE",
+              help="Production model: features (.npz or .npy directory), a model file (.pt) or models:/NAME@ALIAS.")
+@click.option("--new", required=True, metavar="SOURCE", help="Candidate model, in any form that --old accepts.")
+@click.option("--chain", multiple=True, metavar="SOURCE",
+              help="An older gallery still in the index, oldest first (repeat); used by max_drop checks.")
+@click.option("--independent", default=None, metavar="SOURCE",
+              help="A model trained without compatibility: the reference of update_gain checks.")
+@click.option("--policy", "policy_path", type=click.Path(path_type=Path), default=None,
+              help="Gate policy YAML (default: the packaged configs/gate/default.yaml).")
+@click.option("--dataset", default=None, help="Dataset that model sources are embedded on (e.g. mnist, mnist-mini).")
+@options.extraction
+@click.option("--protocol", type=click.Choice([Protocol.LOO.value, Protocol.TEMPLATE.value]),
+              default=Protocol.LOO.value, show_default=True, help="The gate needs per-query values: loo or template.")
+@options.evaluator_options
+@click.option("--n-resamples", type=click.IntRange(min=1), default=DEFAULT_RESAMPLES, show_default=True,
+              help="Bootstrap resamples per check.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap.")
+@click.option("--promote", "promote_name", default=None, metavar="NAME",
+              help="On a pass, register the candidate (model file or models:/ URI) as NAME and move @champion to it.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("gate-report"), show_default=True)
+@options.quiet
+@options.fail_cleanly
+def gate_command(old: str, new: str, chain: tuple[str, ...], independent: str | None, policy_path: Path | None,
+                 dataset: str | None, data_root: str | None, split: str, batch_size: int, protocol: str,
+                 similarity: str, dim_policy: str, backend: str, device: str, memory_budget: str, n_resamples: int,
+                 seed: int, promote_name: str | None, out: Path, quiet: bool) -> None:
+    """Decide whether the NEW model may replace the OLD one and query its gallery.
+
+    Exit code 0: every required check of the policy passed; 1: one failed; 2: bad input.
+    Writes gate.json and gate.md under --out, and appends gate.md to $GITHUB_STEP_SUMMARY when set.
+    """
+    from compat.gate import ExtractionSpec, SourceKind, load_policy, load_source, run_gate, source_kind
+    from compat.retrieval.evaluator import RetrievalEvaluator
+
+    if promote_name is not None and source_kind(new) is SourceKind.FEATURES:
+        raise CompatError(f"--promote: the candidate {new} is a feature set; promotion needs a model file (.pt) "
+                          "or a models:/ URI as --new")
+    policy = load_policy(policy_path)
+    evaluator = RetrievalEvaluator(policy.metrics, protocol=protocol, similarity=similarity, backend=backend,
+                                   device=device, memory_budget=memory_budget, progress=not quiet)
+    extraction = None
+    if dataset is not None:
+        extraction = ExtractionSpec(dataset, data_root, split, device=evaluator.device, batch_size=batch_size)
+    old_fs = load_source(old, option="--old", extraction=extraction)
+    new_fs = load_source(new, option="--new", extraction=extraction)
+    chain_fs = [load_source(src, option="--chain", extraction=extraction) for src in chain]
+    ind_fs = load_source(independent, option="--independent", extraction=extraction) if independent else None
+    verdict = run_gate(old_fs, new_fs, policy, chain=chain_fs, independent=ind_fs, evaluator=evaluator,
+                       dim_policy=dim_policy, n_resamples=n_resamples, seed=seed, progress=not quiet)
+    _report(verdict, new, promote_name, out)
+    if not verdict.passed:
+        sys.exit(EXIT_GATE_FAILED)
+
+
+def _report(verdict, candidate: str, promote_name: str | None, out: Path) -> None:
+    """Promote a passing candidate when asked, write the reports, print and append the step summary."""
+    from compat.gate import append_step_summary, promote, render_markdown, write_reports
+
+    promotion = None
+    if verdict.passed and promote_name is not None:
+        tags = {"compat.gate": "passed", **{f"compat.gate.{c.name}": f"{c.value}" for c in verdict.checks
+                                            if c.value is not None}}
+        promotion = promote(promote_name, candidate, tags=tags).to_json()
+    write_reports(verdict, out, promotion=promotion)
+    markdown = render_markdown(verdict, promotion)
+    click.echo(markdown, nl=False)
+    try:
+        append_step_summary(markdown)
+    except CompatError as exc:
+        click.echo(f"compat: warning: {exc}", err=True)
+    click.echo(f"gate {'passed' if verdict.passed else 'FAILED'}; reports written to {out}/")

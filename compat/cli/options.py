@@ -1,0 +1,152 @@
+"""What the commands share: one-line errors, the parameter types, and options declared once.
+
+Defaults and choices come from the library (its enums and config classes), never copied here.
+Importing this module loads click, numpy and the light config modules, not torch or mlflow, so
+that ``compat --help`` answers quickly.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import click
+
+from compat.errors import EXIT_BAD_INPUT, CompatError
+
+__all__ = [
+    "AdapterPath",
+    "NamedPath",
+    "backend",
+    "choice",
+    "device",
+    "dim_policy",
+    "evaluator_options",
+    "extraction",
+    "fail_cleanly",
+    "memory_budget",
+    "quiet",
+    "similarity",
+    "tracking",
+    "unique_names",
+]
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def fail_cleanly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a :class:`CompatError` into one line on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except CompatError as exc:
+            click.echo(f"compat: error: {exc}", err=True)
+            sys.exit(EXIT_BAD_INPUT)
+
+    return wrapper
+
+
+def choice(enum_cls: type[Enum]) -> click.Choice:
+    """A click choice of an enum's values."""
+    return click.Choice([str(m.value) for m in enum_cls])
+
+
+class NamedPath(click.ParamType):
+    """``NAME=PATH``."""
+
+    name = "NAME=PATH"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, Path]:
+        if isinstance(value, tuple):
+            return value
+        name, sep, path = str(value).partition("=")
+        if not sep or not name or not path:
+            self.fail(f"{value!r} is not NAME=PATH (e.g. v1=features/v1.npz)", param, ctx)
+        return name, Path(path)
+
+
+class AdapterPath(click.ParamType):
+    """``NEW:OLD=PATH``."""
+
+    name = "NEW:OLD=PATH"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, str, Path]:
+        if isinstance(value, tuple):
+            return value
+        pair, sep, path = str(value).partition("=")
+        new, colon, old = pair.partition(":")
+        if not sep or not colon or not new or not old or ":" in old or not path:
+            self.fail(f"{value!r} is not NEW:OLD=PATH (e.g. v2:v1=adapters/v2-v1.npz)", param, ctx)
+        return new, old, Path(path)
+
+
+def unique_names(pairs: tuple[tuple[str, Path], ...], option: str) -> None:
+    """Every NAME of ``NAME=PATH`` options given once."""
+    seen: set[str] = set()
+    for name, _ in pairs:
+        if name in seen:
+            raise CompatError(f"{option}: version name {name!r} is given twice")
+        seen.add(name)
+
+
+def device(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")(fn)
+
+
+def quiet(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--quiet", is_flag=True, help="No progress bars (they are shown on a terminal only).")(fn)
+
+
+def similarity(fn: Callable[..., Any]) -> Callable[..., Any]:
+    from compat.retrieval.knn import Similarity
+
+    return click.option("--similarity", type=choice(Similarity), default=Similarity.COSINE.value, show_default=True,
+                        help="Cosine (inner product of L2-normalised features) or squared L2 distance.")(fn)
+
+
+def dim_policy(fn: Callable[..., Any]) -> Callable[..., Any]:
+    from compat.compatibility.cell import DimPolicy
+
+    return click.option("--dim-policy", type=choice(DimPolicy), default=DimPolicy.ERROR.value, show_default=True,
+                        help="When two versions' feature sizes differ (and the newer declares no compatible_dim).")(fn)
+
+
+def backend(fn: Callable[..., Any]) -> Callable[..., Any]:
+    from compat.retrieval.knn import Backend
+
+    return click.option("--backend", type=choice(Backend), default=Backend.AUTO.value, show_default=True,
+                        help="Exact search backend; every backend returns the same neighbours.")(fn)
+
+
+def memory_budget(fn: Callable[..., Any]) -> Callable[..., Any]:
+    from compat.retrieval.knn import DEFAULT_MEMORY_BUDGET
+
+    return click.option("--memory-budget", default=DEFAULT_MEMORY_BUDGET, show_default=True,
+                        help="Bound on score buffers, e.g. 512MiB.")(fn)
+
+
+def tracking(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--experiment", default=None, help="MLflow experiment name.")(fn)
+    return click.option("--track", is_flag=True, help="Log to MLflow (also on when MLFLOW_TRACKING_URI is set).")(fn)
+
+
+def extraction(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--data-root, --split, --batch-size: where and how model inputs are embedded."""
+    fn = click.option("--batch-size", type=click.IntRange(min=1), default=512, show_default=True,
+                      help="Images per forward pass.")(fn)
+    fn = click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True,
+                      help="The dataset split to embed.")(fn)
+    return click.option("--data-root", default=None, help="Directory holding the datasets (torchvision layout).")(fn)
+
+
+def evaluator_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--similarity, --dim-policy, --backend, --device, --memory-budget: how cells are computed."""
+    for option in (memory_budget, device, backend, dim_policy, similarity):
+        fn = option(fn)
+    return fn

@@ -1,0 +1,102 @@
+"""The datasets of a recipe's run, decided once: where each version trains and where the chain is evaluated.
+
+``data.eval_split`` is read here and nowhere else:
+
+- ``test`` (default) or ``train``: the versions train on the whole training split and the chain is
+  evaluated on the named split;
+- ``val``: a seeded, class-stratified ``data.val_fraction`` of the training split is held out
+  (:func:`compat.data.hold_out`); the versions (and adapters) train on the rest and the chain is
+  evaluated on the held-out images, so settings are chosen without looking at the test split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from torch.utils.data import Dataset, Subset
+
+from compat.train.config import Recipe
+
+__all__ = ["RecipeData", "training_pool"]
+
+
+def training_pool(recipe: Recipe, labels: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``(pool, held_out)`` training-split indices under ``data.eval_split: val``; ``(None, None)``
+    otherwise (every training image is available and the evaluation split is another one)."""
+    from compat.data import hold_out
+
+    if recipe.data.eval_split != "val":
+        return None, None
+    return hold_out(labels, recipe.data.val_fraction, seed=recipe.seed)
+
+
+@dataclass
+class RecipeData:
+    """A run's datasets.
+
+    Attributes:
+        recipe: the recipe they were built for.
+        root: where the datasets are (``--data-root`` or ``data.root``).
+        train: the training split with augmentation (what the versions train on).
+        labels: (N,) labels of the training split.
+        pool: training indices the versions may use (None: all); ``held_out``: the evaluation images
+            under ``eval_split: val`` (None otherwise).
+        evaluation: the images the chain is evaluated on; ``eval_labels`` / ``eval_ids`` describe them.
+    """
+
+    recipe: Recipe
+    root: str | None
+    train: Any
+    labels: np.ndarray
+    pool: np.ndarray | None
+    held_out: np.ndarray | None
+    evaluation: Dataset
+    eval_labels: np.ndarray
+    eval_ids: np.ndarray
+    _clean: Any = field(default=None, repr=False)
+
+    @classmethod
+    def build(cls, recipe: Recipe, data_root: str | None = None) -> RecipeData:
+        """Build the training split, cut the validation share when asked, and the evaluation images."""
+        from compat.data import build_dataset, dataset_ids, dataset_labels
+
+        d = recipe.data
+        root = data_root or d.root
+        train = build_dataset(d.dataset, root=root, split="train", download=d.download, train_transform=True)
+        labels = dataset_labels(train)
+        pool, held_out = training_pool(recipe, labels)
+        data = cls(recipe, root, train, labels, pool, held_out, evaluation=None, eval_labels=None, eval_ids=None)
+        if held_out is None:
+            data.evaluation = build_dataset(d.dataset, root=root, split=d.eval_split, download=d.download,
+                                            train_transform=False)
+        else:
+            data.evaluation = Subset(data.clean_train(), held_out.tolist())
+        data.eval_labels, data.eval_ids = dataset_labels(data.evaluation), dataset_ids(data.evaluation)
+        return data
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.labels.max()) + 1
+
+    def clean_train(self):
+        """The training split without augmentation, built once (held-out images, cached features)."""
+        if self._clean is None:
+            from compat.data import build_dataset
+
+            d = self.recipe.data
+            self._clean = build_dataset(d.dataset, root=self.root, split="train", download=d.download,
+                                        train_transform=False)
+        return self._clean
+
+    @property
+    def adapter_split(self) -> str:
+        """The name of the images adapters train on, as recorded in their features' metadata."""
+        d = self.recipe.data
+        return "train" if d.eval_split != "val" else f"train-without-val-{d.val_fraction:g}"
+
+    def adapter_images(self):
+        """The unaugmented training images adapters train on (the pool under ``eval_split: val``)."""
+        clean = self.clean_train()
+        return clean if self.pool is None else Subset(clean, self.pool.tolist())
