@@ -169,7 +169,7 @@ class AdaptedChainReport:
     backfill: tuple[BackfillResult, ...] = field(default_factory=tuple)
 
     def extra_json(self) -> dict:
-        """Keys added to ``compat.json`` next to the DESIGN.md schema: ``adapters`` and ``backfill``."""
+        """Keys added to ``compat.json`` next to the core schema (docs/design.md): ``adapters`` and ``backfill``."""
         out: dict = {}
         if self.adapters:
             out["adapters"] = {_pair_key(a.new, a.old): a.to_json() for a in self.adapters}

@@ -1,6 +1,6 @@
 """Train the adapters of one upgrade on cached features of the two frozen models.
 
-Objective (METHODS.md section 6), on L2-normalised features ``h^t`` (new, first ``d``
+Objective (docs/methods.md, "lambda-orthogonality adapters"), on L2-normalised features ``h^t`` (new, first ``d``
 coordinates) and ``h^k`` (old; ``F`` sees all of it, the targets its first ``d`` coordinates)::
 
     w1 * ||F(h^k) - B(h^t)||^2 + w2 * ||B(h^t) - h^k||^2

@@ -1,4 +1,4 @@
-"""Losses of the adapter training (METHODS.md section 6).
+"""Losses of the adapter training (docs/methods.md, "lambda-orthogonality adapters").
 
 ``L_B = ||B(h^t) - h^k||^2``, ``L_F = ||F(h^k) - B(h^t)||^2``, the supervised contrastive term
 ``L_C = contr(F(h^k), B(h^t)) + contr(F(h^k), h^k)`` and the lambda-orthogonality regulariser

@@ -1,6 +1,6 @@
 """The adapter maps: backward ``B`` (new -> old space) and forward ``F`` (old -> the space of B(new)).
 
-``B`` is square, ``d x d`` with ``d = min(d_new, d_old)`` (METHODS.md: when the sizes differ the
+``B`` is square, ``d x d`` with ``d = min(d_new, d_old)`` (docs/methods.md: when the sizes differ the
 larger feature is truncated to its first ``d`` coordinates). Three kinds:
 
 - ``perp``: exactly orthogonal, ``Q = Q0 exp(A - A^T)`` through torch's orthogonal

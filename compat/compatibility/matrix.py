@@ -92,7 +92,7 @@ class CompatibilityReport:
     queries: list[list[CellCount | None]]
 
     def to_json(self) -> dict:
-        """The ``compat.json`` document (schema in DESIGN.md)."""
+        """The ``compat.json`` document (schema in docs/design.md)."""
         return {
             "versions": list(self.versions),
             "protocol": self.protocol,

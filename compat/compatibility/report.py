@@ -164,7 +164,7 @@ def write_reports(
     Args:
         report: the chain evaluation.
         out_dir: created if needed; existing report files are replaced.
-        extra_json: top-level keys merged into ``compat.json`` (the DESIGN.md schema when ``None``).
+        extra_json: top-level keys merged into ``compat.json`` (the schema of docs/design.md when ``None``).
         extra_markdown: appended to ``compat.md`` (e.g. the adapter and backfill sections).
         extra_files: file name -> function writing that file to the path it is given (e.g. a
             backfill plot); written and moved in with the three reports.

@@ -1,4 +1,4 @@
-"""Summary metrics over a compatibility matrix (METHODS.md section 1).
+"""Summary metrics over a compatibility matrix (docs/metrics.md, "The compatibility matrix and its summaries").
 
 ``M[i][j]`` is the metric of version i's queries against version j's gallery, defined for j <= i
 (versions oldest first). Cells above the diagonal are ``None``.

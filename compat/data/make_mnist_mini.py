@@ -1,6 +1,6 @@
 """Build ``mnist_mini.npz``, the MNIST subset shipped inside the package, from the full MNIST.
 
-    python -m compat.data.make_mnist_mini --data-root ../shared/data --out compat/data/mnist_mini.npz
+    python -m compat.data.make_mnist_mini --data-root DATA_ROOT --out compat/data/mnist_mini.npz
 
 Selection: for each split and each class, a seeded random choice of ``per_class`` images without
 replacement (default 500 per class from the 60,000 training images, 100 per class from the 10,000

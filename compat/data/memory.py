@@ -1,4 +1,4 @@
-"""Rehearsal memory and half-memory / half-new batches (CL2R, METHODS.md section 3).
+"""Rehearsal memory and half-memory / half-new batches (CL2R, docs/methods.md).
 
 Indices here are dataset indices of one indexable training set that holds both the memory items and
 the new data (e.g. the full training split; take a task's items with ``class_incremental``).

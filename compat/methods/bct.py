@@ -4,7 +4,7 @@
 frozen. Rows for classes the old model never saw are synthesised as the class means of the old
 model's features over the new training data (only those rows; the old rows stay). When the new
 feature is longer than the old one, its first D_old coordinates meet the old classifier; when it
-is shorter, it is zero-padded (METHODS.md section 4). The version's extracted features then record
+is shorter, it is zero-padded (docs/methods.md, "BCT"). The version's extracted features then record
 ``compatible_dim`` so the evaluator compares the same coordinates.
 """
 

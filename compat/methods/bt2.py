@@ -7,7 +7,7 @@ coordinates, ``f`` the classified feature, ``P`` the per-class means of the old 
 
     L = CE(logits, y) + l2 * CE(norm(h_bct) P^T, y) + l3 * (1 - cos(h_bct, h_old)) + l1 * (1 - cos(f, h_teacher))
 
-with l1 = 1, l2 = 10, l3 = 5 (METHODS.md section 5). Old and teacher features are cached once per
+with l1 = 1, l2 = 10, l3 = 5 (docs/methods.md, "BT^2"). Old and teacher features are cached once per
 version by the trainer.
 """
 

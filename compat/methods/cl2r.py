@@ -2,7 +2,7 @@
 
 Cross-entropy against the d-Simplex on batches that are half rehearsal memory, half new data, plus
 ``w * (1 - cos(h_new, h_old))`` on the memory samples, ``w = w0 * sqrt(n_new / n_old)`` where n_new
-and n_old are the numbers of new and old classes of the current task (METHODS.md section 3).
+and n_old are the numbers of new and old classes of the current task (docs/methods.md, "CL2R").
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """CoReS: cross-entropy against the fixed d-Simplex classifier; no old model in the loop.
 
 Every version is trained from scratch against the same simplex (same label -> vertex map), so the
-feature space stays stationary across versions (METHODS.md section 3). The loss is the baseline's
+feature space stays stationary across versions (docs/methods.md, "d-Simplex fixed classifier"). The loss is the baseline's
 plain cross-entropy: only the head differs.
 """
 

@@ -9,7 +9,7 @@ independently trained teacher) and ``e`` (A extra coordinates). Both are normali
 with Q_new and Q_compatible exactly orthonormal (torch's orthogonal parametrisation). The first D
 coordinates of the feature are trained to be compatible with the old model; the whole feature is
 an orthonormal transformation of ``[e, scale * f]``, so nothing that ``f`` knows is lost
-(METHODS.md section 5).
+(docs/methods.md, "BT^2").
 """
 
 from __future__ import annotations

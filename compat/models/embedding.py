@@ -143,7 +143,7 @@ def build_model(
     Args:
         backbone: registered backbone name (see :func:`~compat.models.backbones.list_backbones`).
         feature_dim: D; ``None`` keeps the backbone output. For the simplex head it must be
-            ``num_vertices - 1`` (METHODS.md: a learnable projection maps to d = K - 1).
+            ``num_vertices - 1`` (docs/methods.md: a learnable projection maps to d = K - 1).
         head: ``"simplex"`` (fixed d-Simplex, labels y -> K-1-y) or ``"linear"`` (learnable).
         num_classes: C, the classes the head scores now.
         num_vertices: K for the simplex head (default C; give more to pre-allocate vertices for

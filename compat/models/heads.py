@@ -31,7 +31,7 @@ class SimplexHead(nn.Module):
     The K vertices (:func:`~compat.models.simplex.d_simplex`) and the label -> vertex map ``m`` are
     buffers, so both are saved in the state dict. K may exceed the number of classes
     (pre-allocation, e.g. K = 1024): later versions call :meth:`add_classes` and reuse the same
-    simplex. Logits use the unnormalised feature (METHODS.md section 3).
+    simplex. Logits use the unnormalised feature (docs/methods.md, "d-Simplex fixed classifier").
 
     Args:
         num_vertices: K >= 2; the feature dimension is K - 1.

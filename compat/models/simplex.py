@@ -1,4 +1,4 @@
-"""The d-Simplex: K unit vectors in K - 1 dimensions with equal pairwise angles (CoReS, METHODS.md section 3)."""
+"""The d-Simplex: K unit vectors in K - 1 dimensions with equal pairwise angles (CoReS, docs/methods.md)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ __all__ = ["d_simplex"]
 def d_simplex(num_vertices: int) -> torch.Tensor:
     """Vertices of the regular simplex used as a fixed classifier.
 
-    Built as METHODS.md states: rows 1..K-1 are the identity ``I_{K-1}``, row K is filled with
+    Built as docs/methods.md states: rows 1..K-1 are the identity ``I_{K-1}``, row K is filled with
     ``(1 - sqrt(K)) / (K - 1)``; the column mean is subtracted and each row L2-normalised. The
     arithmetic is done in float64 and the result cast to float32, so every build is identical.
 

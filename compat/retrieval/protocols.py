@@ -1,4 +1,4 @@
-"""The three evaluation protocols of METHODS.md section 2, as functions over arrays.
+"""The three evaluation protocols (docs/metrics.md, "Protocols"), as functions over arrays.
 
 - :func:`leave_one_out`: every query searches the gallery with itself removed by item id;
   CMC@k, mAP over the full ranking, mAP@R.

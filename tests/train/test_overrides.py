@@ -10,9 +10,9 @@ from click.testing import CliRunner
 from compat.cli import cli
 from compat.errors import CompatError
 from compat.train import apply_overrides, load_recipe
+from tests.paths import RECIPES
 
-REPO = Path(__file__).resolve().parents[2]
-ARCH = REPO / "recipes" / "mnist-bct-arch.yaml"
+ARCH = RECIPES / "mnist-bct-arch.yaml"
 
 
 def test_set_addresses_a_list_item_by_index() -> None:

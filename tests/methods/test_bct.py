@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,8 +32,7 @@ from compat.retrieval import RetrievalEvaluator
 from compat.train import load_recipe
 from compat.train.plan import model_spec as _model_spec
 from tests.cli_runs import train_recipe_text
-
-RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+from tests.paths import RECIPES
 
 
 class _OldModel(torch.nn.Module):

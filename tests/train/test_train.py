@@ -14,15 +14,13 @@ from compat.cli import cli
 from compat.errors import CompatError
 from compat.features import load_features
 from compat.methods import build_method
-from compat.models import build_model
+from compat.models import build_model, load_checkpoint
 from compat.train import backward_step, load_recipe, plan_batches, plan_versions, train_version
-from compat.models import load_checkpoint
 from compat.train.checkpoint import rng_state, set_rng_state
 from compat.train.config import TrainConfig
 from compat.train.optim import build_scheduler, parameter_groups
 from tests.fakes import fake_cifar
-
-RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+from tests.paths import RECIPES
 
 
 def _write(path: Path, text: str) -> Path:

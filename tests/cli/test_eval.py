@@ -1,6 +1,6 @@
 """End-to-end tests of ``compat eval`` through click's CliRunner, on tiny seeded synthetic feature sets.
 
-Covers the DESIGN.md contract: the three report files, the ``compat.json`` schema, every cell equal to
+Covers the command's contract (docs/design.md): the three report files, the ``compat.json`` schema, every cell equal to
 what the library's :class:`RetrievalEvaluator` gives for that cell, the summaries recomputed by hand,
 the options (protocols, metrics, similarity, backends, memory budget, dimension policies, separate
 queries, the independent reference, directory inputs), exit code 2 with one line on stderr and no

@@ -37,8 +37,7 @@ from compat.errors import CompatError
 from compat.features import FeatureSet, load_features, save_features
 from compat.retrieval import RetrievalEvaluator
 from tests.cli_runs import train_recipe_text
-
-RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+from tests.paths import RECIPES
 
 
 def _pair(n: int, *, d_old: int = 8, d_new: int = 12, seed: int = 0, id_offset: int = 0,
@@ -388,7 +387,7 @@ def test_compat_adapt_then_eval_with_the_adapter(tmp_path):
                                  "--backfill-points", "3", "--metric", "cmc@1", "--metric", "map", "--out", str(out)])
     assert result.exit_code == 0, result.output
     doc = json.loads((out / "compat.json").read_text())
-    assert {"versions", "protocol", "metrics", "summary"} <= set(doc)  # the DESIGN.md schema stays
+    assert {"versions", "protocol", "metrics", "summary"} <= set(doc)  # the core schema stays
     cells = doc["adapters"]["v1:v0"]["cells"]
     assert set(cells) == {"old/old", "new/new", "new/old", "B(new)/old", "B(new)/F(old)", "B(new)/B(new)"}
     assert doc["metrics"]["cmc@1"][1][0] == cells["B(new)/old"]["cmc@1"]
@@ -434,9 +433,9 @@ def test_eval_adapter_bad_input_exits_2_without_a_report(tmp_path):
 
 
 def test_adapter_recipe_validates():
-    from compat.train.adapters import adapter_configs
     from compat.methods import build_method
     from compat.train import load_recipe
+    from compat.train.adapters import adapter_configs
     from compat.train.plan import model_spec as _model_spec
 
     recipe = load_recipe(RECIPES / "mnist-adapters.yaml")
@@ -480,9 +479,9 @@ def test_train_recipe_with_adapters_end_to_end(tmp_path):
     assert "B_perp(new)/old" in (out / "adapters" / "summary.md").read_text()
 
     # With eval_split val the adapters' training features leave the held-out images out.
-    from compat.train.adapters import _train_features
     from compat.data import build_dataset, dataset_ids, dataset_labels
     from compat.train import load_recipe
+    from compat.train.adapters import _train_features
     from compat.train.data import RecipeData, training_pool
 
     full = load_features(out / "features" / "train" / "v0.npz")

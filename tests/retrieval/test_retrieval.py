@@ -125,18 +125,8 @@ def test_loo_matches_the_float64_reference(similarity, budget, backend):
     ids = np.arange(300) * 7 + 1
     q = (g + 0.4 * np.random.default_rng(4).standard_normal(g.shape)).astype(np.float32)  # another "version"
     want, without = loo_reference(q, labels, ids, g, labels, ids, ks=(1, 5), similarity=similarity)
-    r = _evaluate(
-        q,
-        labels,
-        ids,
-        g,
-        labels,
-        ids,
-        metrics=("cmc@1", "cmc@5", "map", "map@r"),
-        similarity=similarity,
-        backend=backend,
-        memory_budget=budget,
-    )
+    r = _evaluate(q, labels, ids, g, labels, ids, metrics=("cmc@1", "cmc@5", "map", "map@r"), similarity=similarity,
+                  backend=backend, memory_budget=budget)
     assert r.n_without_positive == without == 1
     for name, value in want.items():
         assert r[name] == pytest.approx(value, abs=1e-6), name
@@ -198,18 +188,8 @@ def test_metrics_identical_across_backends_and_chunk_sizes(similarity):
     g, labels = _clustered(1500, 16, 40, seed=8)
     ids = np.arange(1500)
     values = {
-        (b, m): _evaluate(
-            g,
-            labels,
-            ids,
-            g,
-            labels,
-            ids,
-            metrics=("cmc@1", "cmc@5", "map", "map@r"),
-            similarity=similarity,
-            backend=b,
-            memory_budget=m,
-        ).values
+        (b, m): _evaluate(g, labels, ids, g, labels, ids, metrics=("cmc@1", "cmc@5", "map", "map@r"),
+                          similarity=similarity, backend=b, memory_budget=m).values
         for b in ("torch", "faiss")
         for m in BUDGETS
     }

@@ -32,8 +32,9 @@ from compat.data import (
 from compat.data.make_mnist_mini import balanced_selection, make_mnist_mini
 from compat.errors import CompatError
 from tests.fakes import fake_cifar
+from tests.paths import SHARED_DATA
 
-DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data from the repository root
+DATA_ROOT = SHARED_DATA
 needs_mnist = pytest.mark.skipif(not (DATA_ROOT / "MNIST" / "raw").is_dir(), reason="full MNIST not present")
 
 # Label counts from shared/data/README.md.
