@@ -25,7 +25,7 @@ __all__ = ["DEFAULT_TRACKING_URI", "TrainingTracker", "log_evaluation", "metric_
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 # MLflow's limit on the length of a param value (mlflow.utils.validation.MAX_PARAM_VAL_LENGTH).
 PARAM_VALUE_MAX = 6000
-_NOT_ALLOWED = re.compile(r"[^\w.\- ]")
+_NOT_ALLOWED = re.compile(r"[^A-Za-z0-9_.\- ]")
 
 
 def tracking_enabled(track: bool) -> bool:

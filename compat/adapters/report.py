@@ -93,7 +93,7 @@ def plot_backfill(results: tuple[BackfillResult, ...], path: Path) -> None:
     axes = fig.subplots(1, len(metrics), squeeze=False)[0]
     for ax, m in zip(axes, metrics, strict=True):
         for b in results:
-            prefix = f"{b.new}→{b.old} from {b.start}: " if len(results) > 1 else ""
+            prefix = f"{b.new}→{b.old} from {b.start.value}: " if len(results) > 1 else ""
             for c in b.curves:
                 ax.plot(c.betas, [100 * v for v in c.values[m]], marker="o", markersize=3,
                         label=f"{prefix}{c.ordering} (area {100 * c.area[m]:.2f})")

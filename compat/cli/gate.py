@@ -24,7 +24,7 @@ __all__ = ["gate_command"]
 @click.option("--independent", default=None, metavar="SOURCE",
               help="A model trained without compatibility: the reference of update_gain checks.")
 @click.option("--policy", "policy_path", type=click.Path(path_type=Path), default=None,
-              help="Gate policy YAML (default: the packaged configs/gate/default.yaml).")
+              help="Gate policy YAML (default: the packaged default policy, the same as configs/gate/default.yaml).")
 @click.option("--dataset", default=None, help="Dataset that model sources are embedded on (e.g. mnist, mnist-mini).")
 @options.extraction
 @click.option("--protocol", type=click.Choice([Protocol.LOO.value, Protocol.TEMPLATE.value]),
@@ -58,7 +58,8 @@ def gate_command(old: str, new: str, chain: tuple[str, ...], independent: str | 
                                    device=device, memory_budget=memory_budget, progress=not quiet)
     extraction = None
     if dataset is not None:
-        extraction = ExtractionSpec(dataset, data_root, split, device=evaluator.device, batch_size=batch_size)
+        extraction = ExtractionSpec(dataset, data_root, split, device=evaluator.device, batch_size=batch_size,
+                                    progress=not quiet)
     old_fs = load_source(old, option="--old", extraction=extraction)
     new_fs = load_source(new, option="--new", extraction=extraction)
     chain_fs = [load_source(src, option="--chain", extraction=extraction) for src in chain]

@@ -61,14 +61,12 @@ def extract_command(checkpoint: Path, dataset: str, data_root: str | None, split
     from compat.data import build_dataset, dataset_ids, dataset_labels
     from compat.device import resolve_device
     from compat.features import save_features
-    from compat.models import extract_features, file_digest, load_model
+    from compat.models import extract_model_file
 
     device = resolve_device(device)
-    model = load_model(checkpoint, device=device)
     ds = build_dataset(dataset, root=data_root, split=split, train_transform=False)
-    meta = {"version": version_name or checkpoint.parent.name, "dataset": dataset, "split": split,
-            "checkpoint": file_digest(checkpoint)}
-    fs = extract_features(model, ds, labels=dataset_labels(ds), ids=dataset_ids(ds), device=device,
-                          batch_size=batch_size, meta=meta, progress=not quiet)
+    meta = {"version": version_name or checkpoint.parent.name, "dataset": dataset, "split": split}
+    fs = extract_model_file(checkpoint, ds, labels=dataset_labels(ds), ids=dataset_ids(ds), device=device,
+                            batch_size=batch_size, meta=meta, progress=not quiet)
     save_features(fs, out)
     click.echo(f"{fs.n} x {fs.dim} features written to {out}")

@@ -162,7 +162,7 @@ def evaluate_chain(
                 progress(cell, result)
     reference = None
     if independent is not None:
-        reference = evaluator.evaluate(independent, independent)
+        reference = evaluate_cell(evaluator, independent, independent, where=f"independent ({independent.source})")
     summary = {
         m: summarize(matrices[m], strict=strict, reference_self=None if reference is None else reference.values[m])
         for m in metric_names

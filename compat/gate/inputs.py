@@ -51,6 +51,7 @@ class ExtractionSpec:
     split: str = "test"
     device: str = "cpu"
     batch_size: int = 512
+    progress: bool = True
     _built: Any = field(default=None, repr=False)
 
     def build(self):
@@ -93,22 +94,17 @@ def load_source(
 
 def _embed(path: Path, source: str, extraction: ExtractionSpec, meta: dict[str, Any]) -> FeatureSet:
     from compat.data import dataset_ids, dataset_labels
-    from compat.models import extract_features, file_digest, load_model
+    from compat.models import extract_model_file
 
-    model = load_model(path, device=extraction.device)  # weights_only=True
     dataset = extraction.build()
-    info = {"dataset": extraction.dataset, "split": extraction.split, "checkpoint": file_digest(path), **meta}
+    info = {"dataset": extraction.dataset, "split": extraction.split, **meta}
     try:
-        fs = extract_features(
-            model,
-            dataset,
-            labels=dataset_labels(dataset),
-            ids=dataset_ids(dataset),
-            device=extraction.device,
-            batch_size=extraction.batch_size,
-            meta=info,
-        )
+        fs = extract_model_file(path, dataset, labels=dataset_labels(dataset), ids=dataset_ids(dataset),
+                                device=extraction.device, batch_size=extraction.batch_size, meta=info,
+                                progress=extraction.progress)
     except CompatError as exc:  # e.g. NaN features
+        if str(exc).startswith(str(path)):
+            raise
         raise CompatError(f"{source}: features extracted from {extraction.dataset!r}: {exc}") from None
     except (RuntimeError, ValueError) as exc:
         first = (str(exc).strip().splitlines() or [""])[0]

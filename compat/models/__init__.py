@@ -3,9 +3,9 @@
 from compat.models.backbones import MLP, CifarResNet, SmallCNN, build_backbone, list_backbones, register_backbone
 from compat.models.basis import BasisTransform, orthogonal_linear
 from compat.models.embedding import BasisTransformModel, EmbeddingModel, HeadKind, ModelOutput, build_model
-from compat.models.extract import embed_dataset, extract_features, file_digest
+from compat.models.extract import embed_dataset, extract_features, extract_model_file, file_digest
 from compat.models.heads import LinearHead, SimplexHead
-from compat.models.io import load_checkpoint, load_model, save_checkpoint, save_model
+from compat.models.io import load_checkpoint, load_model, read_model_file, save_checkpoint, save_model
 from compat.models.simplex import d_simplex
 
 __all__ = [
@@ -24,11 +24,13 @@ __all__ = [
     "d_simplex",
     "embed_dataset",
     "extract_features",
+    "extract_model_file",
     "file_digest",
     "list_backbones",
     "load_checkpoint",
     "load_model",
     "orthogonal_linear",
+    "read_model_file",
     "register_backbone",
     "save_checkpoint",
     "save_model",

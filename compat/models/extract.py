@@ -13,7 +13,7 @@ from torch import nn
 from compat.features import FeatureSet
 from compat.progress import progress as progress_bar
 
-__all__ = ["embed_dataset", "extract_features", "file_digest"]
+__all__ = ["embed_dataset", "extract_features", "extract_model_file", "file_digest"]
 
 
 def file_digest(path: str | Path) -> str:
@@ -78,3 +78,27 @@ def extract_features(
     features = embed_dataset(model, dataset, device=device, batch_size=batch_size, num_workers=num_workers,
                              progress=progress).numpy()
     return FeatureSet.from_arrays(features, labels, ids, meta={"normalized": False, **(meta or {})})
+
+
+def extract_model_file(
+    path: str | Path,
+    dataset,
+    *,
+    labels: np.ndarray,
+    ids: np.ndarray,
+    device: str = "cpu",
+    batch_size: int = 512,
+    meta: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> FeatureSet:
+    """Features of ``dataset`` by the model of a compat model file (``weights_only``), with what the
+    file says of the model in the metadata: its ``checkpoint`` digest, ``model`` (the backbone) and,
+    when it was trained against an older model of another size, ``compatible_dim``."""
+    from compat.models.io import read_model_file
+
+    model, info = read_model_file(path, device=device)
+    recorded = {"model": info["backbone"], "checkpoint": file_digest(path)}
+    if "compatible_dim" in info:
+        recorded["compatible_dim"] = info["compatible_dim"]
+    return extract_features(model, dataset, labels=labels, ids=ids, device=device, batch_size=batch_size,
+                            meta={**recorded, **(meta or {})}, progress=progress)

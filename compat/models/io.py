@@ -19,7 +19,7 @@ from compat._atomic import atomic_path
 from compat.errors import CompatError
 from compat.models.embedding import EmbeddingModel, build_model
 
-__all__ = ["load_checkpoint", "load_model", "save_checkpoint", "save_model"]
+__all__ = ["load_checkpoint", "load_model", "read_model_file", "save_checkpoint", "save_model"]
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
@@ -55,12 +55,21 @@ def _load_error(exc: Exception) -> str:
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
-def save_model(path: Path, model: EmbeddingModel, spec: dict[str, Any]) -> Path:
+def save_model(path: Path, model: EmbeddingModel, spec: dict[str, Any], *,
+               compatible_dim: int | None = None) -> Path:
     """Final weights and the arguments of :func:`compat.models.build_model` that rebuild the model.
+
+    Args:
+        compatible_dim: the leading feature coordinates trained to meet an older model of another
+            feature size (BT^2, BCT across sizes); recorded so that the features extracted from the
+            file say so too (:func:`compat.models.extract_model_file`).
 
     A ``pretrained`` backbone file is not recorded: its weights are in the state dict already.
     """
-    return save_checkpoint(path, {"model": model.state_dict(), "spec": _without_pretrained(spec)})
+    payload: dict[str, Any] = {"model": model.state_dict(), "spec": _without_pretrained(spec)}
+    if compatible_dim is not None:
+        payload["meta"] = {"compatible_dim": int(compatible_dim)}
+    return save_checkpoint(path, payload)
 
 
 def _without_pretrained(spec: dict[str, Any]) -> dict[str, Any]:
@@ -72,6 +81,12 @@ def _without_pretrained(spec: dict[str, Any]) -> dict[str, Any]:
 
 def load_model(path: str | Path, *, device: str = "cpu") -> EmbeddingModel:
     """Rebuild a model saved by :func:`save_model` (loaded with ``weights_only=True``)."""
+    return read_model_file(path, device=device)[0]
+
+
+def read_model_file(path: str | Path, *, device: str = "cpu") -> tuple[EmbeddingModel, dict[str, Any]]:
+    """The model of a file written by :func:`save_model`, in eval mode, and what the file records of
+    it: ``backbone`` and, when set, ``compatible_dim``."""
     state = load_checkpoint(path, map_location=device)
     if not isinstance(state, dict) or "spec" not in state or "model" not in state:
         raise CompatError(f"{path}: not a compat model file (expected keys 'model' and 'spec')")
@@ -87,4 +102,10 @@ def load_model(path: str | Path, *, device: str = "cpu") -> EmbeddingModel:
     except (RuntimeError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0]
         raise CompatError(f"{path}: field 'model': the weights do not fit the model in 'spec' ({first})") from None
-    return model.to(device).eval()
+    info = {"backbone": state["spec"].get("backbone")}
+    compatible = state.get("meta", {}).get("compatible_dim") if isinstance(state.get("meta"), dict) else None
+    if compatible is not None:
+        if isinstance(compatible, bool) or not isinstance(compatible, int) or compatible < 1:
+            raise CompatError(f"{path}: meta field compatible_dim: expected a positive integer, got {compatible!r}")
+        info["compatible_dim"] = compatible
+    return model.to(device).eval(), info

@@ -178,6 +178,9 @@ def _train_one(run: ChainRun, plan: VersionPlan, previous: TrainedVersion | None
     model = initial_model(recipe, plan.index, spec, previous.model if previous else None,
                           previous.spec if previous else None, method.init, run.device)
     old = copy.deepcopy(previous.model) if previous is not None and method.needs_old_model else None
+    compatible = None
+    if old is not None and model.feature_dim != previous.model.feature_dim:
+        compatible = min(model.feature_dim, previous.model.feature_dim)
     run.tracker.start_version(plan.name, {"train_items": len(plan.new_indices), "memory_items": len(memory_indices),
                                           "seen_classes": len(plan.seen_classes)})
     last = plan.index == len(run.plans) - 1
@@ -187,13 +190,11 @@ def _train_one(run: ChainRun, plan: VersionPlan, previous: TrainedVersion | None
     cached = _cached_features(run, plan, method, old, teacher, memory_indices)
     _prepare(method, plan, previous, old, cached, run.data.labels)
     model = _fit(run, model, method, plan.name, spec, plan, memory_indices, old_model=old, cached=cached,
-                 seed=recipe.seed * 1000 + plan.index, extra={"version": plan.index}, log_epochs=True)
+                 seed=recipe.seed * 1000 + plan.index, extra={"version": plan.index}, log_epochs=True,
+                 compatible_dim=compatible)
     run.dist.barrier()
     features = None
     if run.dist.is_main:
-        compatible = None
-        if old is not None and model.feature_dim != previous.model.feature_dim:
-            compatible = min(model.feature_dim, previous.model.feature_dim)
         features = _extract(run, model, plan.name, spec, compatible_dim=compatible)
         run.tracker.log_artifact(run.out / plan.name / "model.pt", "weights")
     run.tracker.end_version()
@@ -216,7 +217,7 @@ def _prepare(method: Method, plan: VersionPlan, previous: TrainedVersion | None,
 
 def _fit(run: ChainRun, model: EmbeddingModel, method: Method, name: str, spec: dict[str, Any], plan: VersionPlan,
          memory_indices: np.ndarray, *, old_model: EmbeddingModel | None, cached: dict[str, torch.Tensor], seed: int,
-         extra: dict[str, Any], log_epochs: bool) -> EmbeddingModel:
+         extra: dict[str, Any], log_epochs: bool, compatible_dim: int | None = None) -> EmbeddingModel:
     """Train one model into ``out/<name>`` (a checkpoint every epoch, then ``model.pt``), or load it
     when resuming and it is already there."""
     vdir = run.out / name
@@ -236,7 +237,7 @@ def _fit(run: ChainRun, model: EmbeddingModel, method: Method, name: str, spec: 
                   extra_state={"recipe": run.recipe.resolved(), **extra}, num_workers=run.recipe.data.num_workers,
                   dist=run.dist, on_epoch=log_epoch, progress=run.progress, cached=cached)
     if run.dist.is_main:
-        save_model(model_path, model, spec)
+        save_model(model_path, model, spec, compatible_dim=compatible_dim)
     run.dist.barrier()
     return model
 

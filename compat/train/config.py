@@ -224,7 +224,11 @@ def _set_path(root: dict[str, Any], parts: list[str], value: Any) -> None:
     created where missing; lists are indexed, never grown)."""
     container: dict[str, Any] | list[Any] = root
     for depth, part in enumerate(parts):
-        slot: Any = _list_index(container, part, ".".join(parts[: depth + 1])) if isinstance(container, list) else part
+        where = ".".join(parts[: depth + 1])
+        if isinstance(container, dict) and part.isdigit() and depth > 0:
+            raise CompatError(f"--set {where}: {'.'.join(parts[:depth])} is not a list here (a recipe without it "
+                              f"takes the whole list, e.g. --set '{'.'.join(parts[:depth])}=[{{}}, {{...}}]')")
+        slot: Any = _list_index(container, part, where) if isinstance(container, list) else part
         if depth == len(parts) - 1:
             container[slot] = value
             return

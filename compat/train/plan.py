@@ -48,11 +48,19 @@ def plan_versions(recipe: Recipe, labels: np.ndarray, pool: np.ndarray | None = 
     ``pool``: the training indices the versions may use (all of them when None); ``data.eval_split:
     val`` keeps the held-out images out of it (:class:`compat.train.data.RecipeData`).
     """
+    plans = _plan(recipe, labels, pool)
+    if len(recipe.versions) > len(plans):
+        raise CompatError(f"versions: {len(recipe.versions)} entries, but the upgrade protocol plans {len(plans)} "
+                          "versions (data.fractions / data.num_versions)")
+    return plans
+
+
+def _plan(recipe: Recipe, labels: np.ndarray, pool: np.ndarray | None) -> list[VersionPlan]:
     from compat.data import class_incremental, fraction_subsets
 
     if pool is not None:
         return [VersionPlan(p.index, pool[p.new_indices], p.seen_classes, p.new_classes)
-                for p in plan_versions(recipe, labels[pool])]
+                for p in _plan(recipe, labels[pool], None)]
     d = recipe.data
     rehearsal = recipe.method.rehearsal_per_class > 0
     if d.protocol == "growth":

@@ -310,6 +310,22 @@ def test_bct_across_an_architecture_change(tmp_path):
     assert result.exit_code == 0, result.output
     again = json.loads((tmp_path / "ev" / "compat.json").read_text())
     assert again["metrics"] == json.loads((out / "compat.json").read_text())["metrics"]
+    # The model files record it too: the gate and `compat extract` on them need no dimension policy,
+    # and give the cells and the features that the recipe wrote.
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("checks: [{kind: compatibility, metric: cmc@1, threshold: -1.0}]\n", encoding="utf-8")
+    result = CliRunner().invoke(cli, ["gate", "--old", str(out / "v0" / "model.pt"), "--new", str(out / "v1" / "model.pt"),
+                                      "--dataset", "mnist-mini", "--policy", str(policy), "--n-resamples", "50",
+                                      "--out", str(tmp_path / "gate"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    cells = json.loads((tmp_path / "gate" / "gate.json").read_text())["checks"][0]["cells"]
+    assert cells == {"new/old": again["metrics"]["cmc@1"][1][0], "old/old": again["metrics"]["cmc@1"][0][0]}
+    result = CliRunner().invoke(cli, ["extract", "--checkpoint", str(out / "v1" / "model.pt"), "--data", "mnist-mini",
+                                      "--out", str(tmp_path / "v1.npz"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    extracted = load_features(tmp_path / "v1.npz")
+    assert extracted.meta["compatible_dim"] == 8 and extracted.meta["model"] == "smallcnn"
+    np.testing.assert_array_equal(extracted.features, v1.features)
 
 
 def test_model_files_never_name_a_file_to_read(tmp_path):

@@ -42,6 +42,13 @@ def test_a_bad_index_names_the_key(override: str, fragment: str) -> None:
         load_recipe(ARCH, [override])
 
 
+def test_an_index_into_a_list_the_recipe_does_not_have_says_how_to_give_it() -> None:
+    with pytest.raises(CompatError, match=r"--set versions\.1: versions is not a list here .*--set 'versions=\["):
+        load_recipe(RECIPES / "mnist-bct.yaml", ["versions.1.feature_dim=96"])
+    recipe = load_recipe(RECIPES / "mnist-bct.yaml", ["versions=[{}, {feature_dim: 96}]"])
+    assert recipe.versions[1].feature_dim == 96
+
+
 def test_cli_index_out_of_range_exits_2_naming_the_key(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["train", str(ARCH), "--set", "versions.5.feature_dim=96",
                                       "--out", str(tmp_path / "run")])
