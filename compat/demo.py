@@ -53,7 +53,7 @@ class DemoSettings:
         old_fraction: share of the 5,000 training images the old model sees (recipe: 0.3).
         new_fraction: share the two new models see, nested: it contains the old model's images (1.0).
         epochs: epochs of each of the three models (3).
-        batch_size, lr: SGD with Nesterov momentum and a cosine schedule (64, 0.05).
+        batch_size, lr: SGD with momentum and a cosine schedule (64, 0.05).
         n_resamples: bootstrap resamples per gate check.
     """
 

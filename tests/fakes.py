@@ -42,3 +42,19 @@ def fake_cifar(root: Path, monkeypatch: pytest.MonkeyPatch, *, hundred: bool, pe
     monkeypatch.setattr(cls, "test_list", lists["test"])
     monkeypatch.setattr(cls, "meta", {"filename": meta_name, "key": meta_key, "md5": meta_md5})
     return expected
+
+
+def fake_fashion_mnist(root: Path, *, train: int = 20, test: int = 10) -> dict:
+    """Uncompressed IDX files under ``root/FashionMNIST/raw``, as torchvision's reader expects them."""
+    rng = np.random.default_rng(0)
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    expected = {}
+    for split, prefix, n in (("train", "train", train), ("test", "t10k", test)):
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        header = np.array([0x803, n, 28, 28], dtype=">i4").tobytes()
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(header + images.tobytes())
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(np.array([0x801, n], dtype=">i4").tobytes() + labels.tobytes())
+        expected[split] = labels.tolist()
+    return expected

@@ -48,7 +48,8 @@ def train_command(recipe: Path, overrides: tuple[str, ...], data_root: str | Non
 @click.command("extract")
 @click.option("--checkpoint", type=click.Path(path_type=Path), required=True,
               help="A model.pt written by compat train.")
-@click.option("--data", "dataset", required=True, help="Dataset name: mnist, mnist-mini, cifar10, cifar100, imagefolder.")
+@click.option("--data", "dataset", required=True,
+              help="Dataset name: mnist, mnist-mini, fashion-mnist, cifar10, cifar100, imagefolder.")
 @options.extraction
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Feature file (.npz) or directory.")
 @options.device

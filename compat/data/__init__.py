@@ -1,7 +1,7 @@
 """Datasets, class-incremental splits, rehearsal memory and the bundled MNIST subset.
 
-``build_dataset`` gives one split of a registered dataset (``mnist``, ``mnist-mini``, ``cifar10``,
-``cifar100``, ``imagefolder``) with labels and ids known up front; the split functions and the memory
+``build_dataset`` gives one split of a registered dataset (``mnist``, ``mnist-mini``, ``fashion-mnist``,
+``cifar10``, ``cifar100``, ``imagefolder``) with labels and ids known up front; the split functions and the memory
 work on label arrays only. Importing this package imports torch but not torchvision.
 """
 

@@ -118,7 +118,7 @@ def _root_path(request: _Request) -> Path:
 
 
 def _torchvision(class_name: str, folder: str, request: _Request) -> _Built:
-    """MNIST / CIFAR-10 / CIFAR-100 in torchvision's on-disk layout under ``root/folder``."""
+    """MNIST / Fashion-MNIST / CIFAR-10 / CIFAR-100 in torchvision's on-disk layout under ``root/folder``."""
     import torchvision.datasets
 
     name, root = request.info.name, _root_path(request)
@@ -188,6 +188,7 @@ def _imagefolder(request: _Request) -> _Built:
 DATASETS: Registry[Callable[[_Request], _Built]] = Registry("dataset", {
     "mnist": functools.partial(_torchvision, "MNIST", "MNIST/raw"),
     "mnist-mini": _mnist_mini,
+    "fashion-mnist": functools.partial(_torchvision, "FashionMNIST", "FashionMNIST/raw"),
     "cifar10": functools.partial(_torchvision, "CIFAR10", "cifar-10-batches-py"),
     "cifar100": functools.partial(_torchvision, "CIFAR100", "cifar-100-python"),
     "imagefolder": _imagefolder,
@@ -211,9 +212,9 @@ def build_dataset(
     """Build one split of a registered dataset with its default transform.
 
     Args:
-        name: ``mnist``, ``mnist-mini``, ``cifar10``, ``cifar100`` or ``imagefolder``.
+        name: ``mnist``, ``mnist-mini``, ``fashion-mnist``, ``cifar10``, ``cifar100`` or ``imagefolder``.
         root: data directory. torchvision datasets live in its layout under it (``root/MNIST/raw``,
-            ``root/cifar-10-batches-py``, ``root/cifar-100-python``). ``imagefolder``: a directory with
+            ``root/FashionMNIST/raw``, ``root/cifar-10-batches-py``, ``root/cifar-100-python``). ``imagefolder``: a directory with
             ``train/`` and ``val/`` (or ``test/``) class trees, the split's own class tree, or a mapping
             ``{"train": dir, "test": dir}``. Not needed for ``mnist-mini`` (shipped in the package).
         split: ``"train"`` or ``"test"`` (``imagefolder``: the test split is ``val/`` or ``test/``).

@@ -62,7 +62,7 @@ def dataset_info(name: str) -> DatasetInfo:
     """Statistics and transform defaults of a registered dataset.
 
     Args:
-        name: registry name (``mnist``, ``mnist-mini``, ``cifar10``, ``cifar100``, ``imagefolder``).
+        name: registry name (``mnist``, ``mnist-mini``, ``fashion-mnist``, ``cifar10``, ``cifar100``, ``imagefolder``).
 
     Returns:
         The dataset's :class:`DatasetInfo`.

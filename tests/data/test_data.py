@@ -31,11 +31,13 @@ from compat.data import (
 )
 from compat.data.make_mnist_mini import balanced_selection, make_mnist_mini
 from compat.errors import CompatError
-from tests.fakes import fake_cifar
+from tests.fakes import fake_cifar, fake_fashion_mnist
 from tests.paths import SHARED_DATA
 
 DATA_ROOT = SHARED_DATA
 needs_mnist = pytest.mark.skipif(not (DATA_ROOT / "MNIST" / "raw").is_dir(), reason="full MNIST not present")
+needs_fashion = pytest.mark.skipif(not (DATA_ROOT / "FashionMNIST" / "raw").is_dir(),
+                                   reason="full Fashion-MNIST not present")
 
 # Label counts from shared/data/README.md.
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
@@ -55,12 +57,12 @@ def mini_test():
 # --- registry ------------------------------------------------------------------------------------
 
 
-def test_registry_lists_the_five_datasets():
-    assert list_datasets() == ["cifar10", "cifar100", "imagefolder", "mnist", "mnist-mini"]
+def test_registry_lists_the_six_datasets():
+    assert list_datasets() == ["cifar10", "cifar100", "fashion-mnist", "imagefolder", "mnist", "mnist-mini"]
 
 
 def test_unknown_dataset_names_choices_and_closest_match():
-    with pytest.raises(CompatError, match=r"did you mean 'mnist'.*cifar10, cifar100, imagefolder, mnist, mnist-mini"):
+    with pytest.raises(CompatError, match=r"did you mean 'mnist'.*cifar10, cifar100, fashion-mnist, imagefolder, mnist"):
         build_dataset("mnsit", root="x", split="train", train_transform=False)
 
 
@@ -84,10 +86,14 @@ def test_statistics_come_from_yaml():
     assert (mnist.mean, mnist.std, mnist.channels, mnist.image_size) == ((0.1307,), (0.3081,), 1, 28)
     assert (mini.mean, mini.std, mini.augment) == (mnist.mean, mnist.std, mnist.augment)
     assert (cifar.num_classes, cifar.padding, cifar.augment.value) == (100, 4, "crop_flip")
+    fashion = dataset_info("fashion-mnist")
+    assert (fashion.mean, fashion.std, fashion.channels, fashion.augment.value) == ((0.2860,), (0.3530,), 1, "none")
 
 
 @pytest.mark.parametrize(
-    ("name", "folder"), [("mnist", "MNIST"), ("cifar10", "cifar-10-batches-py"), ("cifar100", "cifar-100-python")]
+    ("name", "folder"),
+    [("mnist", "MNIST"), ("fashion-mnist", "FashionMNIST"), ("cifar10", "cifar-10-batches-py"),
+     ("cifar100", "cifar-100-python")],
 )
 def test_missing_dataset_without_download_raises_and_writes_nothing(tmp_path, name, folder):
     root = tmp_path / "nowhere"
@@ -163,6 +169,28 @@ def test_full_mnist_loads_with_the_documented_label_counts(split, counts):
     assert len(ds) == sum(counts)
     assert np.bincount(dataset_labels(ds)).tolist() == counts
     assert np.array_equal(dataset_ids(ds), np.arange(len(ds)))
+
+
+@needs_fashion
+@pytest.mark.parametrize(("split", "per_class"), [("train", 6000), ("test", 1000)])
+def test_full_fashion_mnist_loads_with_its_own_statistics(split, per_class):
+    ds = build_dataset("fashion-mnist", root=DATA_ROOT, split=split, train_transform=False)
+    assert np.bincount(dataset_labels(ds)).tolist() == [per_class] * 10
+    if split == "train":  # the yaml's mean and std are those of the training pixels, to 4 decimals
+        pixels = ds.base.data.double() / 255.0
+        info = dataset_info("fashion-mnist")
+        assert abs(float(pixels.mean()) - info.mean[0]) < 5e-5 and abs(float(pixels.std()) - info.std[0]) < 5e-5
+    image, _ = ds[0]
+    expected = (ds.base.data[0].double() / 255.0 - 0.2860) / 0.3530
+    assert torch.allclose(image[0].double(), expected, atol=1e-6)
+
+
+def test_fake_fashion_mnist_in_torchvision_layout_loads(tmp_path):
+    expected = fake_fashion_mnist(tmp_path)
+    for split in ("train", "test"):
+        ds = build_dataset("fashion-mnist", root=tmp_path, split=split, train_transform=split == "train")
+        assert dataset_labels(ds).tolist() == expected[split]
+        assert ds[0][0].shape == (1, 28, 28) and ds.classes[0] == "T-shirt/top"
 
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])

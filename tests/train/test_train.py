@@ -18,7 +18,7 @@ from compat.models import build_model, load_checkpoint
 from compat.train import backward_step, load_recipe, plan_batches, plan_versions, train_version
 from compat.train.checkpoint import rng_state, set_rng_state
 from compat.train.config import TrainConfig
-from compat.train.optim import build_scheduler, parameter_groups
+from compat.train.optim import build_optimizer, build_scheduler, parameter_groups
 from tests.fakes import fake_cifar
 from tests.paths import RECIPES
 
@@ -171,6 +171,28 @@ def test_no_weight_decay_on_norms_and_biases():
     decay, no_decay = parameter_groups(model, 0.1)
     assert {id(p) for p in decay["params"]} == {id(model[0].weight), id(model[2].weight)}
     assert no_decay["weight_decay"] == 0.0 and len(no_decay["params"]) == 3
+
+
+def test_sgd_momentum_is_plain_unless_the_recipe_asks_for_nesterov():
+    model = torch.nn.Linear(3, 2)
+    plain = build_optimizer(model, TrainConfig())
+    assert plain.param_groups[0]["nesterov"] is False and plain.param_groups[0]["momentum"] == 0.9
+    assert build_optimizer(model, TrainConfig(nesterov=True)).param_groups[0]["nesterov"] is True
+    # One step from the same gradient twice: heavy-ball moves by lr * (g + 0.9 g) on the second step,
+    # Nesterov by lr * (g + 0.9 (g + 0.9 g)).
+    moves = {}
+    for nesterov in (False, True):
+        w = torch.nn.Parameter(torch.zeros(1))
+        opt = build_optimizer(torch.nn.ParameterList([w]), TrainConfig(lr=1.0, weight_decay=0.0, nesterov=nesterov))
+        for _ in range(2):
+            opt.zero_grad()
+            (w * 1.0).sum().backward()
+            opt.step()
+        moves[nesterov] = -float(w.detach())
+    assert moves[False] == pytest.approx(1.0 + 1.9) and moves[True] == pytest.approx(1.9 + 1.0 + 0.9 * 1.9)
+    for bad in ({"optimizer": "adam", "nesterov": True}, {"momentum": 0.0, "nesterov": True}):
+        with pytest.raises(ValueError, match="nesterov needs optimizer sgd and momentum > 0"):
+            TrainConfig(**bad)
 
 
 def test_warmup_then_cosine_schedule():
