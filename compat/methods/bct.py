@@ -6,18 +6,48 @@ model's features over the new training data (only those rows; the old rows stay)
 feature is longer than the old one, its first D_old coordinates meet the old classifier; when it
 is shorter, it is zero-padded (docs/methods.md, "BCT"). The version's extracted features then record
 ``compatible_dim`` so the evaluator compares the same coordinates.
+
+The BT^2 authors run BCT differently (``synthesize="all", space="normalized", label_smoothing=0.1``):
+every row is the class mean of the old model's L2-normalised features (not normalised again), the
+influence logits come from the L2-normalised new feature, and both cross-entropies are smoothed.
 """
 
 from __future__ import annotations
+
+from enum import Enum
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from compat.choices import parse_choice
 from compat.errors import CompatError
 from compat.methods.base import Method, MethodLoss
 
-__all__ = ["BCT", "L2Regression", "class_means", "influence_loss", "match_dim", "synthesize_classifier"]
+__all__ = [
+    "BCT",
+    "FeatureSpace",
+    "L2Regression",
+    "Synthesize",
+    "class_means",
+    "influence_loss",
+    "match_dim",
+    "synthesize_classifier",
+]
+
+
+class Synthesize(str, Enum):
+    """Which rows of the old classifier BCT replaces by class means of old features."""
+
+    UNSEEN = "unseen"  # only classes the old model never saw (the BCT paper)
+    ALL = "all"  # every class in the new data (the BT^2 authors' baseline)
+
+
+class FeatureSpace(str, Enum):
+    """Where BCT's class means and influence logits live."""
+
+    RAW = "raw"  # means of the raw old features; logits from the raw new feature
+    NORMALIZED = "normalized"  # means of L2-normalised old features (as is); logits from norm(h_new)
 
 
 def match_dim(features: Tensor, dim: int) -> Tensor:
@@ -70,11 +100,19 @@ def synthesize_classifier(
     return weight
 
 
-def influence_loss(features: Tensor, labels: Tensor, old_weight: Tensor, old_bias: Tensor | None = None) -> Tensor:
-    """``CE(W_old match_dim(h_new), y)``: the new features scored by the frozen old classifier."""
-    logits = F.linear(match_dim(features, old_weight.shape[1]), old_weight.to(features.dtype),
-                      None if old_bias is None else old_bias.to(features.dtype))
-    return F.cross_entropy(logits, labels)
+def influence_loss(features: Tensor, labels: Tensor, old_weight: Tensor, old_bias: Tensor | None = None, *,
+                   normalize: bool = False, label_smoothing: float = 0.0) -> Tensor:
+    """``CE(W_old match_dim(h_new), y)``: the new features scored by the frozen old classifier.
+
+    Args:
+        normalize: score ``norm(match_dim(h_new))`` (the BT^2 authors' baseline).
+        label_smoothing: of the cross-entropy, in [0, 1).
+    """
+    matched = match_dim(features, old_weight.shape[1])
+    if normalize:
+        matched = F.normalize(matched, dim=1)
+    logits = F.linear(matched, old_weight.to(features.dtype), None if old_bias is None else old_bias.to(features.dtype))
+    return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
 
 
 class BCT(Method):
@@ -85,19 +123,27 @@ class BCT(Method):
         synthesize: ``"unseen"`` (class-mean rows only for classes the old model never saw) or
             ``"all"`` (class-mean rows for every class, as the BT^2 authors' baseline does).
         normalize: rescale synthesised rows (see :func:`synthesize_classifier`).
+        space: ``"raw"`` or ``"normalized"`` (class means of L2-normalised old features, influence
+            logits from the L2-normalised new feature: the BT^2 authors' baseline).
+        label_smoothing: of both cross-entropies once there is an old model (0.1 in the BT^2
+            authors' baseline); the first version trains with plain cross-entropy, as every method.
     """
 
     head = "linear"
     needs_old_model = True
     old_features = "cached"  # for the class means of the synthesised rows
 
-    def __init__(self, *, alpha: float = 1.0, synthesize: str = "unseen", normalize: bool = False):
+    def __init__(self, *, alpha: float = 1.0, synthesize: str = Synthesize.UNSEEN.value, normalize: bool = False,
+                 space: str = FeatureSpace.RAW.value, label_smoothing: float = 0.0):
         super().__init__()
-        if synthesize not in ("unseen", "all"):
-            raise CompatError(f"bct synthesize: unknown value {synthesize!r}; expected unseen or all")
         if alpha < 0:
             raise CompatError(f"bct alpha: expected a value >= 0, got {alpha}")
-        self.alpha, self.synthesize, self.normalize = float(alpha), synthesize, bool(normalize)
+        if not 0.0 <= label_smoothing < 1.0:
+            raise CompatError(f"bct label_smoothing: expected a value in [0, 1), got {label_smoothing}")
+        self.alpha, self.normalize = float(alpha), bool(normalize)
+        self.synthesize = parse_choice(Synthesize, synthesize, "bct synthesize")
+        self.space = parse_choice(FeatureSpace, space, "bct space")
+        self.label_smoothing = float(label_smoothing)
         self.old_weight: Tensor | None = None
         self.old_bias: Tensor | None = None
         self.synthesized: list[int] = []
@@ -115,9 +161,10 @@ class BCT(Method):
         if old_train_features is None or train_labels is None:
             raise CompatError("bct: the old model's features of the training data are needed for the class means")
         num_classes = max(int(train_labels.max()) + 1, weight.shape[0])
-        means = class_means(old_train_features, train_labels.to(old_train_features.device), num_classes)
+        old_train = F.normalize(old_train_features, dim=1) if self.space is FeatureSpace.NORMALIZED else old_train_features
+        means = class_means(old_train, train_labels.to(old_train_features.device), num_classes)
         present = set(torch.unique(train_labels).tolist())
-        if self.synthesize == "all":
+        if self.synthesize is Synthesize.ALL:
             replace = sorted(present)
         else:
             seen = set(range(weight.shape[0]) if old_classes is None else old_classes)
@@ -133,12 +180,14 @@ class BCT(Method):
 
     def loss(self, features: Tensor, logits: Tensor, labels: Tensor, *, old_features=None, from_memory=None,
              teacher_features=None, head_features=None) -> MethodLoss:
-        ce = F.cross_entropy(logits, labels)
-        if self.old_weight is None:  # the first version: no old classifier
+        if self.old_weight is None:  # the first version: no old classifier, plain cross-entropy
+            ce = F.cross_entropy(logits, labels)
             return MethodLoss(ce, {"ce": float(ce.detach())})
+        ce = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
         weight = self.old_weight.to(features.device)
         bias = None if self.old_bias is None else self.old_bias.to(features.device)
-        influence = influence_loss(features, labels, weight, bias)
+        influence = influence_loss(features, labels, weight, bias, normalize=self.space is FeatureSpace.NORMALIZED,
+                                   label_smoothing=self.label_smoothing)
         total = ce + self.alpha * influence
         return MethodLoss(total, {"ce": float(ce.detach()), "influence": float(influence.detach())})
 

@@ -6,23 +6,38 @@
     L_HOC = mean_i [ -s_ii + log( exp(s_ii) + sum_{j: y_j != y_i} exp(s_ij) ) ]
 
 Each sample's old feature is the positive of its new feature, samples of other classes are the
-negatives, other samples of the same class are left out (the masked form). The authors' code instead
-multiplies the same-class off-diagonal logits by 0, so each adds exp(0) = 1 to the denominator:
-``variant="authors"`` reproduces that.
+negatives, other samples of the same class are left out: the masked form, the paper's equation
+(Eq. 4). The authors' published code multiplies every same-class similarity by 0, the positive's
+own included, so each same-class sample adds exp(0) = 1 to the denominator and the positive leaves it:
+
+    L_HOC = mean_i [ -s_ii + log( n_same(i) + sum_{j: y_j != y_i} exp(s_ij) ) ]
+
+with n_same(i) the samples of the batch in i's class, i itself counted. Its pull on the positive
+never saturates (the gradient with respect to s_ii is -1 whatever s_ii is). ``variant="authors"``
+reproduces that.
 """
 
 from __future__ import annotations
 
 import math
+from enum import Enum
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from compat.choices import parse_choice
 from compat.errors import CompatError
 from compat.methods.base import Method, MethodLoss
 
-__all__ = ["HOC", "HOCLoss"]
+__all__ = ["HOC", "HOCLoss", "HOCVariant"]
+
+
+class HOCVariant(str, Enum):
+    """Which form of the HOC loss: the paper's equation or the authors' published code."""
+
+    MASKED = "masked"
+    AUTHORS = "authors"
 
 
 class HOCLoss(nn.Module):
@@ -30,27 +45,24 @@ class HOCLoss(nn.Module):
 
     Args:
         mu: scale of the cosine similarities (10 in the paper).
-        variant: ``"masked"`` (the paper's equation) or ``"authors"`` (same-class off-diagonal
-            logits set to 0 instead of removed).
+        variant: ``"masked"`` (the paper's equation) or ``"authors"`` (the authors' code: every
+            same-class logit, the positive's included, set to 0 inside the log-sum-exp).
     """
 
-    def __init__(self, *, mu: float = 10.0, variant: str = "masked"):
+    def __init__(self, *, mu: float = 10.0, variant: str = HOCVariant.MASKED.value):
         super().__init__()
-        if variant not in ("masked", "authors"):
-            raise CompatError(f"hoc variant: unknown value {variant!r}; expected masked or authors")
-        self.mu, self.variant = mu, variant
+        self.mu, self.variant = mu, parse_choice(HOCVariant, variant, "hoc variant")
 
     def forward(self, old_features: Tensor, new_features: Tensor, labels: Tensor) -> Tensor:
         """(N, D), (N, D), (N,) -> scalar. Rows i are anchors (old), columns j candidates (new)."""
         s = self.mu * F.normalize(old_features, dim=1) @ F.normalize(new_features, dim=1).T
         same = labels[:, None] == labels[None, :]
-        eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
-        off_same = same & ~eye
-        if self.variant == "masked":
-            s = s.masked_fill(off_same, -math.inf)
-        else:
-            s = s.masked_fill(off_same, 0.0)
-        return (torch.logsumexp(s, dim=1) - s.diagonal()).mean()
+        if self.variant is HOCVariant.MASKED:
+            eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+            denominator = s.masked_fill(same & ~eye, -math.inf)
+        else:  # every same-class term, the positive's included, becomes exp(0) = 1
+            denominator = s.masked_fill(same, 0.0)
+        return (torch.logsumexp(denominator, dim=1) - s.diagonal()).mean()
 
 
 class HOC(Method):
@@ -67,7 +79,7 @@ class HOC(Method):
     old_features = "batch"
     init = "previous"
 
-    def __init__(self, *, lam: float = 0.1, mu: float = 10.0, variant: str = "masked"):
+    def __init__(self, *, lam: float = 0.1, mu: float = 10.0, variant: str = HOCVariant.MASKED.value):
         super().__init__()
         if not 0.0 <= lam <= 1.0:
             raise CompatError(f"hoc lam: {lam} is not in [0, 1]")

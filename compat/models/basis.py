@@ -3,13 +3,13 @@
 The backbone output is projected twice: ``f`` (D coordinates, classified and matched to an
 independently trained teacher) and ``e`` (A extra coordinates). Both are normalised, then
 
-    u       = [e, Q_new (scale * f)]                  (D + A coordinates)
+    u       = [e, Q_new (C * f)]                      (D + A coordinates)
     feature = [Q_compatible u[:D], u[D:]]             (D + A coordinates)
 
-with Q_new and Q_compatible exactly orthonormal (torch's orthogonal parametrisation). The first D
-coordinates of the feature are trained to be compatible with the old model; the whole feature is
-an orthonormal transformation of ``[e, scale * f]``, so nothing that ``f`` knows is lost
-(docs/methods.md, "BT^2").
+with Q_new and Q_compatible exactly orthonormal (torch's orthogonal parametrisation) and C the scale
+of the new-feature part (2 in the authors' published configs). The first D coordinates of the
+feature are trained to be compatible with the old model; the whole feature is an orthonormal
+transformation of ``[e, C * f]``, so nothing that ``f`` knows is lost (docs/methods.md, "BT^2").
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ from torch.nn.utils.parametrizations import orthogonal
 
 from compat.errors import CompatError
 
-__all__ = ["ORTHOGONAL_MAPS", "BasisTransform", "orthogonal_linear"]
+__all__ = ["DEFAULT_BASIS_SCALE", "ORTHOGONAL_MAPS", "BasisTransform", "orthogonal_linear"]
 
 ORTHOGONAL_MAPS = ("matrix_exp", "cayley", "householder")
+DEFAULT_BASIS_SCALE = 2.0  # C of the BT^2 authors' published configs
 
 
 def orthogonal_linear(dim: int, *, orthogonal_map: str = "matrix_exp") -> nn.Linear:
@@ -41,14 +42,17 @@ class BasisTransform(nn.Module):
         feature_dim: D, the old model's feature size (the compatible prefix).
         to_add_dim: A, extra coordinates (1 <= A <= D).
         orthogonal_map: ``matrix_exp`` (default), ``cayley`` or ``householder``.
-        scale: weight of ``f`` against ``e`` in the transformed feature (3 in the authors' code).
+        scale: C, the weight of ``f`` against ``e`` in the transformed feature (2 in the authors'
+            published configs, 3 their code's default).
     """
 
     def __init__(self, in_dim: int, feature_dim: int, to_add_dim: int, *, orthogonal_map: str = "matrix_exp",
-                 scale: float = 3.0) -> None:
+                 scale: float = DEFAULT_BASIS_SCALE) -> None:
         super().__init__()
         if isinstance(to_add_dim, bool) or not isinstance(to_add_dim, int) or not 1 <= to_add_dim <= feature_dim:
             raise CompatError(f"to_add_dim: expected an integer in [1, feature_dim = {feature_dim}], got {to_add_dim!r}")
+        if isinstance(scale, bool) or not isinstance(scale, int | float) or not 0 < scale < float("inf"):
+            raise CompatError(f"basis_scale: expected a positive number, got {scale!r}")
         self.feature_dim, self.to_add_dim, self.scale = feature_dim, to_add_dim, float(scale)
         self.new = nn.Linear(in_dim, feature_dim, bias=False)
         self.extra = nn.Linear(in_dim, to_add_dim, bias=False)

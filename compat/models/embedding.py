@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from compat.choices import parse_choice
 from compat.errors import CompatError
 from compat.models.backbones import build_backbone
-from compat.models.basis import BasisTransform
+from compat.models.basis import DEFAULT_BASIS_SCALE, BasisTransform
 from compat.models.heads import LinearHead, SimplexHead
 
 __all__ = ["BasisTransformModel", "EmbeddingModel", "HeadKind", "ModelOutput", "build_model"]
@@ -137,6 +137,8 @@ def build_model(
     backbone_kwargs: dict[str, Any] | None = None,
     to_add_dim: int | None = None,
     orthogonal_map: str = "matrix_exp",
+    basis_scale: float = DEFAULT_BASIS_SCALE,
+    normalized_head: bool = False,
 ) -> EmbeddingModel | BasisTransformModel:
     """Assemble an :class:`EmbeddingModel` from a registered backbone and a head.
 
@@ -152,6 +154,9 @@ def build_model(
         to_add_dim: BT^2: A extra coordinates through a basis transformation
             (:class:`BasisTransformModel`; linear head, ``feature_dim`` = D required).
         orthogonal_map: BT^2's orthogonal parametrisation: ``matrix_exp``, ``cayley`` or ``householder``.
+        basis_scale: BT^2's C, the weight of the new-feature part (2, the authors' published configs).
+        normalized_head: the linear head scores the L2-normalised feature (BT^2: ``f``); not for
+            the simplex head, whose logits use the unnormalised feature.
 
     Returns:
         The model, randomly initialised (torch's global RNG).
@@ -159,12 +164,14 @@ def build_model(
     kind = parse_choice(HeadKind, head, "head")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise CompatError(f"num_classes: expected a positive integer, got {num_classes!r}")
+    if normalized_head and kind is not HeadKind.LINEAR:
+        raise CompatError("normalized_head: only the linear head can score normalised features")
     net = build_backbone(backbone, **(backbone_kwargs or {}))
     if to_add_dim is not None:
         if kind is not HeadKind.LINEAR or feature_dim is None:
             raise CompatError("to_add_dim: the basis transformation needs the linear head and a feature_dim")
-        basis = BasisTransform(net.out_dim, feature_dim, to_add_dim, orthogonal_map=orthogonal_map)
-        return BasisTransformModel(net, LinearHead(feature_dim, num_classes), basis)
+        basis = BasisTransform(net.out_dim, feature_dim, to_add_dim, orthogonal_map=orthogonal_map, scale=basis_scale)
+        return BasisTransformModel(net, LinearHead(feature_dim, num_classes, normalize=normalized_head), basis)
     if kind is HeadKind.SIMPLEX:
         vertices = num_classes if num_vertices is None else num_vertices
         if isinstance(vertices, bool) or not isinstance(vertices, int) or vertices < max(num_classes, 2):
@@ -179,5 +186,5 @@ def build_model(
         if num_vertices is not None:
             raise CompatError("num_vertices: only the simplex head has vertices; leave it null for the linear head")
         in_dim = net.out_dim if feature_dim is None else feature_dim
-        classifier = LinearHead(in_dim, num_classes)
+        classifier = LinearHead(in_dim, num_classes, normalize=normalized_head)
     return EmbeddingModel(net, classifier, feature_dim=feature_dim)

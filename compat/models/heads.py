@@ -166,14 +166,17 @@ class LinearHead(nn.Module):
         num_classes: number of classes C.
         bias: learn a per-class bias.
         generator: random source for the initial rows.
+        normalize: score the L2-normalised feature, ``norm(h) W^T`` (the BT^2 authors' models do).
     """
 
     def __init__(
-        self, in_dim: int, num_classes: int, *, bias: bool = False, generator: torch.Generator | None = None
+        self, in_dim: int, num_classes: int, *, bias: bool = False, generator: torch.Generator | None = None,
+        normalize: bool = False,
     ) -> None:
         super().__init__()
         in_dim = _positive_int(in_dim, "in_dim")
         num_classes = _positive_int(num_classes, "num_classes")
+        self.normalize = bool(normalize)
         template = torch.empty(0)
         self.weight = nn.Parameter(_uniform_rows(num_classes, in_dim, self._bound(in_dim), generator, template))
         if bias:
@@ -196,6 +199,8 @@ class LinearHead(nn.Module):
 
     def forward(self, features: Tensor) -> Tensor:
         """Args: features (N, D). Returns: (N, C) logits."""
+        if self.normalize:
+            features = F.normalize(features, dim=1)
         return F.linear(features, self.weight, self.bias)
 
     @torch.no_grad()
@@ -227,4 +232,5 @@ class LinearHead(nn.Module):
         return self
 
     def extra_repr(self) -> str:
-        return f"in_dim={self.in_dim}, num_classes={self.num_classes}, bias={self.bias is not None}"
+        return (f"in_dim={self.in_dim}, num_classes={self.num_classes}, bias={self.bias is not None}, "
+                f"normalize={self.normalize}")

@@ -18,6 +18,7 @@ from compat.adapters.config import DEFAULT_BACKFILL_POINTS
 from compat.compatibility.cell import DimPolicy
 from compat.configfile import read_yaml_mapping, validate_model
 from compat.errors import CompatError
+from compat.models.basis import DEFAULT_BASIS_SCALE
 from compat.retrieval.evaluator import DEFAULT_METRICS, Protocol
 from compat.retrieval.knn import DEFAULT_MEMORY_BUDGET, Backend, Similarity
 
@@ -79,11 +80,16 @@ class DataConfig(_Strict):
 
 
 class ModelConfig(_Strict):
+    """The model of every version. ``normalized_head``: the linear head scores the L2-normalised
+    feature. ``orthogonal_map``, ``basis_scale``: BT^2's parametrisation and its C."""
+
     backbone: str = "smallcnn"
     backbone_kwargs: dict[str, Any] = Field(default_factory=dict)
     feature_dim: int | None = None
     num_vertices: int | None = None
+    normalized_head: bool = False
     orthogonal_map: Literal["matrix_exp", "cayley", "householder"] = "matrix_exp"
+    basis_scale: float = Field(default=DEFAULT_BASIS_SCALE, gt=0)
 
 
 class MethodConfig(_Strict):
@@ -95,13 +101,15 @@ class MethodConfig(_Strict):
 
 class VersionConfig(_Strict):
     """Per-version overrides: start from an external checkpoint (model replacement), another backbone
-    or feature size (architecture change), extra BT^2 coordinates. Unset fields keep ``model``'s."""
+    or feature size (architecture change), extra BT^2 coordinates, a head on the normalised
+    feature. Unset fields keep ``model``'s."""
 
     init_checkpoint: str | None = None
     backbone: str | None = None
     backbone_kwargs: dict[str, Any] | None = None
     feature_dim: int | None = None
     to_add_dim: int | None = None
+    normalized_head: bool | None = None
 
 
 class TrainConfig(_Strict):

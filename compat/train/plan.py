@@ -101,9 +101,11 @@ def model_spec(recipe: Recipe, version: int, num_classes: int, head: str, *, bas
     spec = {"backbone": pick("backbone", m.backbone), "feature_dim": feature_dim, "head": head,
             "num_classes": num_classes, "num_vertices": num_vertices,
             "backbone_kwargs": dict(pick("backbone_kwargs", m.backbone_kwargs))}
+    if pick("normalized_head", m.normalized_head):
+        spec["normalized_head"] = True
     to_add = pick("to_add_dim", None)
     if basis and to_add is not None:
-        spec.update(to_add_dim=to_add, orthogonal_map=m.orthogonal_map)
+        spec.update(to_add_dim=to_add, orthogonal_map=m.orthogonal_map, basis_scale=m.basis_scale)
     return spec
 
 

@@ -165,10 +165,10 @@ def test_bt2_maps_stay_orthonormal_while_training(orthogonal_map):
     for w, w0 in zip(model.basis.orthogonal_maps(), before, strict=True):
         assert not torch.allclose(w, w0)  # the maps did train
         torch.testing.assert_close(w @ w.T, torch.eye(8), atol=1e-5, rtol=0)
-    # The whole feature is an orthonormal transformation of [norm(e), scale * norm(f)].
+    # The whole feature is an orthonormal transformation of [norm(e), C * norm(f)], C = 2 by default.
     with torch.no_grad():
         norms = model.embed(images).norm(dim=1)
-    torch.testing.assert_close(norms, torch.full((64,), math.sqrt(1 + 3.0**2)), atol=1e-5, rtol=0)
+    torch.testing.assert_close(norms, torch.full((64,), math.sqrt(1 + 2.0**2)), atol=1e-5, rtol=0)
 
 
 def test_bt2_loss_by_hand():

@@ -29,9 +29,31 @@ def test_hoc_masked_form_by_hand():
 
 
 def test_hoc_authors_variant_by_hand():
-    # Same-class off-diagonal logits become 0, each adding exp(0) = 1 to the denominator.
-    want = ((math.log(E + 2) - 1) + math.log(2 + E) + math.log(2 * E + 1)) / 3
+    # -s_ii + log(n_same + sum over other classes of exp(s_ij)), n_same counting i itself:
+    # row 0: s_00 = 1, n_same = 2, other class s_02 = 0; row 1: s_11 = 0, n_same = 2, s_12 = 1;
+    # row 2: s_22 = 0, n_same = 1, s_20 = s_21 = 1.
+    want = ((math.log(2 + 1) - 1) + math.log(2 + E) + math.log(1 + 2 * E)) / 3
     assert float(HOCLoss(mu=1.0, variant="authors")(*_hoc_case())) == pytest.approx(want, rel=1e-6)
+
+
+def test_hoc_authors_variant_against_a_slow_loop_and_its_unsaturated_pull():
+    g = torch.Generator().manual_seed(2)
+    old, new = torch.randn(10, 4, generator=g), torch.randn(10, 4, generator=g)
+    labels = torch.randint(0, 3, (10,), generator=g)
+    mu, total = 10.0, 0.0
+    for i in range(10):
+        s = [mu * float(F.cosine_similarity(old[i], new[j], dim=0)) for j in range(10)]
+        n_same = sum(1 for j in range(10) if labels[j] == labels[i])
+        total += -s[i] + math.log(n_same + sum(math.exp(s[j]) for j in range(10) if labels[j] != labels[i]))
+    assert float(HOCLoss(mu=mu, variant="authors")(old, new, labels)) == pytest.approx(total / 10, rel=1e-5)
+    # Two classes, new features already on their positives (s_ii = mu, s_ij = 0): the masked loss
+    # has saturated at log(1 + exp(-mu)), the authors' is -mu + log 2 and still falls with s_ii.
+    aligned = torch.eye(2)
+    for mu in (5.0, 10.0):
+        masked = float(HOCLoss(mu=mu)(aligned, aligned, torch.tensor([0, 1])))
+        authors = float(HOCLoss(mu=mu, variant="authors")(aligned, aligned, torch.tensor([0, 1])))
+        assert masked == pytest.approx(math.log1p(math.exp(-mu)), abs=1e-6)  # float32 rounding
+        assert authors == pytest.approx(-mu + math.log(2), rel=1e-6)
 
 
 def test_hoc_against_a_slow_loop():
