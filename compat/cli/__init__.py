@@ -13,6 +13,7 @@ import sys
 import click
 
 from compat.cli.adapt import adapt_command
+from compat.cli.compare import compare_command
 from compat.cli.demo import demo_command
 from compat.cli.evaluate import eval_command
 from compat.cli.gate import gate_command
@@ -31,7 +32,8 @@ def cli(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
-for _command in (eval_command, adapt_command, train_command, extract_command, gate_command, demo_command):
+for _command in (eval_command, adapt_command, train_command, extract_command, gate_command, compare_command,
+                 demo_command):
     cli.add_command(_command)
 
 

@@ -23,6 +23,7 @@ from compat.data.splits import (
     classes_up_to,
     fraction_subsets,
     hold_out,
+    per_class_subset,
     subset_of_classes,
 )
 from compat.data.transforms import build_transform
@@ -46,6 +47,7 @@ __all__ = [
     "dataset_labels",
     "fraction_subsets",
     "hold_out",
+    "per_class_subset",
     "list_datasets",
     "subset_of_classes",
 ]

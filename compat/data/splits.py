@@ -19,6 +19,7 @@ __all__ = [
     "classes_up_to",
     "fraction_subsets",
     "hold_out",
+    "per_class_subset",
     "subset_of_classes",
 ]
 
@@ -197,3 +198,22 @@ def subset_of_classes(labels: Sequence[int] | np.ndarray, classes: Sequence[int]
     if absent.size:
         raise CompatError(f"subset_of_classes: classes {absent.tolist()} do not occur in the labels")
     return np.flatnonzero(np.isin(labels, wanted)).astype(np.int64)
+
+
+def per_class_subset(labels: Sequence[int] | np.ndarray, per_class: int, *, seed: int) -> np.ndarray:
+    """A seeded choice of ``per_class`` items of every class (all of a class that has fewer).
+
+    Args:
+        labels: (N,) labels of the split.
+        per_class: items kept per class, >= 1.
+        seed: seed of the per-class permutation (a stream of its own).
+
+    Returns:
+        (M,) int64 indices, ascending.
+    """
+    labels = _labels(labels)
+    if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
+        raise CompatError(f"per_class_subset: per_class must be a positive integer, got {per_class!r}")
+    rng = np.random.default_rng([seed, 2])
+    kept = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)]
+    return np.sort(np.concatenate(kept)).astype(np.int64) if kept else np.empty(0, np.int64)

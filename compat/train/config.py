@@ -52,6 +52,9 @@ class DataConfig(_Strict):
     ``val_fraction`` of the training split (:func:`compat.data.hold_out`): the versions train on
     the rest (both protocols cut the rest) and are evaluated on the held-out images, so settings can
     be chosen without looking at the test split.
+
+    ``images_per_class``: keep a seeded choice of this many training images per class
+    (:func:`compat.data.per_class_subset`) before anything else is cut; null keeps them all.
     """
 
     dataset: str = "mnist"
@@ -64,6 +67,7 @@ class DataConfig(_Strict):
     num_versions: int | None = None
     eval_split: Literal["test", "train", "val"] = "test"
     val_fraction: float = 0.1
+    images_per_class: int | None = None
     num_workers: int = 0
 
     @model_validator(mode="after")
@@ -76,6 +80,8 @@ class DataConfig(_Strict):
             raise ValueError("initial and increment must be >= 1")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be within (0, 1), got {self.val_fraction}")
+        if self.images_per_class is not None and self.images_per_class < 1:
+            raise ValueError(f"images_per_class must be >= 1 or null, got {self.images_per_class}")
         return self
 
 

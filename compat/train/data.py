@@ -7,6 +7,8 @@
 - ``val``: a seeded, class-stratified ``data.val_fraction`` of the training split is held out
   (:func:`compat.data.hold_out`); the versions (and adapters) train on the rest and the chain is
   evaluated on the held-out images, so settings are chosen without looking at the test split.
+
+``data.images_per_class`` keeps a seeded choice of training images per class before either.
 """
 
 from __future__ import annotations
@@ -23,13 +25,19 @@ __all__ = ["RecipeData", "training_pool"]
 
 
 def training_pool(recipe: Recipe, labels: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """``(pool, held_out)`` training-split indices under ``data.eval_split: val``; ``(None, None)``
-    otherwise (every training image is available and the evaluation split is another one)."""
-    from compat.data import hold_out
+    """``(pool, held_out)``: the training-split indices the versions may use (None: all of them) and,
+    under ``data.eval_split: val``, the held-out ones (else None). ``data.images_per_class`` first
+    keeps a seeded choice of that many images per class; the validation share is held out of those."""
+    from compat.data import hold_out, per_class_subset
 
-    if recipe.data.eval_split != "val":
-        return None, None
-    return hold_out(labels, recipe.data.val_fraction, seed=recipe.seed)
+    d = recipe.data
+    kept = None if d.images_per_class is None else per_class_subset(labels, d.images_per_class, seed=recipe.seed)
+    if d.eval_split != "val":
+        return kept, None
+    if kept is None:
+        return hold_out(labels, d.val_fraction, seed=recipe.seed)
+    rest, held = hold_out(labels[kept], d.val_fraction, seed=recipe.seed)
+    return kept[rest], kept[held]
 
 
 @dataclass
@@ -94,9 +102,14 @@ class RecipeData:
     def adapter_split(self) -> str:
         """The name of the images adapters train on, as recorded in their features' metadata."""
         d = self.recipe.data
-        return "train" if d.eval_split != "val" else f"train-without-val-{d.val_fraction:g}"
+        parts = ["train"]
+        if d.images_per_class is not None:
+            parts.append(f"{d.images_per_class}-per-class")
+        if d.eval_split == "val":
+            parts.append(f"without-val-{d.val_fraction:g}")
+        return "-".join(parts)
 
     def adapter_images(self):
-        """The unaugmented training images adapters train on (the pool under ``eval_split: val``)."""
+        """The unaugmented training images adapters train on (the pool, when there is one)."""
         clean = self.clean_train()
         return clean if self.pool is None else Subset(clean, self.pool.tolist())

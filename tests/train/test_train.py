@@ -105,21 +105,79 @@ def test_version_plans_leave_the_validation_images_out(recipe_name):
         load_recipe(RECIPES / f"{recipe_name}.yaml", ["data.val_fraction=1.0"])
 
 
-@pytest.mark.parametrize("name, versions", [("cifar100-cores", 6), ("cifar100-cl2r", 6), ("cifar100-hoc-7tasks", 7)])
-def test_paper_scale_recipes_build_on_a_fake_cifar100(tmp_path, monkeypatch, name, versions):
+def test_images_per_class_cuts_the_pool_before_the_validation_share():
+    from compat.data import per_class_subset
+    from compat.train.data import training_pool
+
+    labels = np.repeat(np.arange(4), [10, 10, 10, 2])
+    kept = per_class_subset(labels, 5, seed=3)
+    assert np.bincount(labels[kept]).tolist() == [5, 5, 5, 2]  # a class with fewer keeps them all
+    assert np.array_equal(kept, per_class_subset(labels, 5, seed=3)) and not np.array_equal(
+        kept, per_class_subset(labels, 5, seed=4))
+    recipe = load_recipe(RECIPES / "mnist-cores.yaml", ["data.images_per_class=5"])
+    assert np.array_equal(training_pool(recipe, labels)[0], per_class_subset(labels, 5, seed=recipe.seed))
+    assert training_pool(recipe, labels)[1] is None
+    val = load_recipe(RECIPES / "mnist-cores.yaml", ["data.images_per_class=5", "data.eval_split=val",
+                                                     "data.val_fraction=0.2"])
+    pool, held = training_pool(val, labels)
+    assert np.bincount(labels[held]).tolist() == [1, 1, 1, 1] and np.bincount(labels[pool]).tolist() == [4, 4, 4, 1]
+    assert set(pool) | set(held) == set(per_class_subset(labels, 5, seed=0)) and not set(pool) & set(held)
+    with pytest.raises(CompatError, match="images_per_class"):
+        load_recipe(RECIPES / "mnist-cores.yaml", ["data.images_per_class=0"])
+
+
+# What each paper-scale recipe must keep from the authors' published settings (docs/methods.md).
+PAPER_SETTINGS = {
+    "cifar100-cores": {"versions": 10, "tasks": [10] * 10, "epochs": 100, "feature": 99},
+    "cifar100-cl2r": {"versions": 6, "tasks": [50] + [10] * 5, "milestones": [49, 64], "feature": 99},
+    "cifar100-hoc-7tasks": {"versions": 7, "tasks": [10] + [15] * 6, "feature": 1023, "per_class": 300,
+                            "rehearsal": 20, "replaced": [0, 2, 4], "protocol": "template"},
+    "cifar100-bt2": {"versions": 2, "tasks": [50, 50], "optimizer": "adam", "lr": 1e-3, "basis_scale": 2.0,
+                     "feature": 160},
+    "cifar100-bct": {"versions": 2, "tasks": [50, 50], "optimizer": "adam", "lr": 1e-3, "feature": 128},
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_SETTINGS))
+def test_paper_scale_recipes_build_on_a_fake_cifar100(tmp_path, monkeypatch, name):
     from compat.data import build_dataset, dataset_labels
+    from compat.train.data import training_pool
+    from compat.train.plan import initial_model
     from compat.train.plan import model_spec as _model_spec
 
-    fake_cifar(tmp_path, monkeypatch, hundred=True, per_file=200, every_class=True)
+    want = PAPER_SETTINGS[name]
+    fake_cifar(tmp_path, monkeypatch, hundred=True, per_file=400, every_class=True)
     recipe = load_recipe(RECIPES / f"{name}.yaml", [f"data.root={tmp_path}"])
     train = build_dataset(recipe.data.dataset, root=recipe.data.root, split="train", train_transform=True)
-    plans = plan_versions(recipe, dataset_labels(train))
-    assert len(plans) == versions
+    labels = dataset_labels(train)
+    pool, _ = training_pool(recipe, labels)
+    plans = plan_versions(recipe, labels, pool)
+    assert len(plans) == want["versions"]
+    assert [len(p.seen_classes) - (len(plans[t - 1].seen_classes) if t else 0) for t, p in enumerate(plans)] == want[
+        "tasks"]
+    t = recipe.train
+    assert (t.nesterov, t.epochs if "epochs" in want else None, t.milestones if "milestones" in want else None) == (
+        False, want.get("epochs"), want.get("milestones"))
+    assert (t.optimizer, t.lr) == (want.get("optimizer", "sgd"), want.get("lr", t.lr))
+    assert recipe.eval.protocol.value == want.get("protocol", "loo")
+    if "per_class" in want:  # 4 fake images per class, under the 300 kept: all of them stay
+        assert recipe.data.images_per_class == want["per_class"] and len(pool) == len(labels)
+        assert recipe.method.rehearsal_per_class == want["rehearsal"]
+        assert [i for i, v in enumerate(recipe.versions) if v.init_checkpoint] == want["replaced"]
     method = build_method(recipe.method.name, **recipe.method.options)
-    model = build_model(**_model_spec(recipe, 0, 100, method.head))
+    last = len(plans) - 1
+    spec = _model_spec(recipe, last, 100, method.head)
+    if "basis_scale" in want:
+        assert (spec["basis_scale"], spec["normalized_head"], spec["to_add_dim"]) == (want["basis_scale"], True, 32)
+    torch.manual_seed(0)
+    model = build_model(**spec)
+    if name == "cifar100-hoc-7tasks":  # a replacement checkpoint with the same simplex loads into version 2
+        torch.save({"model": model.state_dict()}, tmp_path / "replacement.pt")
+        replaced = load_recipe(RECIPES / f"{name}.yaml", [f"versions.2.init_checkpoint={tmp_path / 'replacement.pt'}"])
+        model = initial_model(replaced, 2, spec, None, None, method.init, "cpu")
     images = torch.stack([train[i][0] for i in range(2)])
-    out = model(images)
-    assert out.features.shape == (2, 99) and out.logits.shape == (2, 100)
+    out = model.eval()(images)
+    assert out.features.shape == (2, want["feature"]) and out.logits.shape == (2, 100)
 
 
 # ---------------------------------------------------------------- the optimisation step
