@@ -59,7 +59,7 @@ def render_markdown(comparison: RunComparison) -> str:
             cell = "/".join(c.cell_a) if c.cell_a == c.cell_b else f"{'/'.join(c.cell_a)} vs {'/'.join(c.cell_b)}"
             rows.append([escape(cell), pct(c.value_a), pct(c.value_b), pp(d.value), f"[{pp(d.low)}, {pp(d.high)}]",
                          str(c.n_queries), _VERDICT[c.verdict]])
-        header = ["cell (query/gallery)", "A (%)", "B (%)", "A - B", f"{level} interval", "queries", ""]
+        header = ["cell (query/gallery)", "A (%)", "B (%)", "A - B", f"{level} interval", "queries", "verdict"]
         lines += [f"## {escape(metric)}", "", *table(header, rows), ""]
     return "\n".join(lines)
 
