@@ -16,7 +16,7 @@ from compat.cli import cli
 from compat.comparison import compare_runs, load_run
 from compat.errors import CompatError
 from compat.features import FeatureSet, save_features
-from tests.cli_runs import train_recipe_text
+from tests.cli_runs import TINY, train_recipe_text
 
 LABELS = np.array([0, 0, 1, 1])
 IDS = np.array([10, 11, 12, 13])
@@ -133,17 +133,6 @@ def test_feature_sets_that_are_not_the_runs_are_refused(tmp_path):
         load_run(b)
     with pytest.raises(CompatError, match="not a run"):
         load_run(tmp_path / "nowhere")
-
-
-TINY = """
-name: tiny
-seed: 0
-data: {dataset: mnist-mini, protocol: growth, fractions: [0.05, 0.1]}
-model: {backbone: smallcnn}
-method: {name: cores}
-train: {epochs: 1, batch_size: 32, lr: 0.05}
-eval: {metrics: [cmc@1, map]}
-"""
 
 
 def test_a_training_run_is_read_from_its_output_directory(tmp_path):

@@ -19,6 +19,7 @@ from compat.train import backward_step, load_recipe, plan_batches, plan_versions
 from compat.train.checkpoint import rng_state, set_rng_state
 from compat.train.config import TrainConfig
 from compat.train.optim import build_optimizer, build_scheduler, parameter_groups
+from tests.cli_runs import TINY
 from tests.fakes import fake_cifar
 from tests.paths import RECIPES
 
@@ -28,15 +29,6 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
-TINY = """
-name: tiny
-seed: 3
-data: {dataset: mnist-mini, protocol: growth, fractions: [0.05, 0.1]}
-model: {backbone: smallcnn}
-method: {name: cores}
-train: {epochs: 1, batch_size: 32, lr: 0.05}
-eval: {metrics: [cmc@1, map]}
-"""
 
 
 # ---------------------------------------------------------------- recipes
