@@ -29,9 +29,11 @@ from typing import Any
 import numpy as np
 
 from compat._atomic import atomic_path, umask
+from compat._files import input_file, is_input_dir
+from compat._npz import read_npz_member
 from compat.errors import CompatError
 
-__all__ = ["FeatureSet", "load_features", "save_features"]
+__all__ = ["FeatureSet", "load_features", "read_npz_member", "save_features"]
 
 _ARRAYS = ("features", "labels", "ids")
 # Rows checked for NaN/inf per step, so a memory-mapped gallery is never read into RAM whole.
@@ -143,12 +145,10 @@ def load_features(path: str | os.PathLike[str]) -> FeatureSet:
         CompatError: the path is missing or unreadable, holds a pickle, or fails validation.
     """
     p = Path(path)
-    if not p.exists():
-        raise CompatError(f"{p}: no such feature file or directory")
-    if p.is_dir():
+    if is_input_dir(p, "feature file or directory"):
         arrays, meta = _load_dir(p)
     else:
-        arrays, meta = _load_npz(p)
+        arrays, meta = _load_npz(input_file(p, "feature file or directory"))
     return FeatureSet(arrays["features"], arrays["labels"], arrays["ids"], meta, str(p))
 
 
@@ -176,25 +176,13 @@ def _load_npz(p: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     return arrays, meta
 
 
-def read_npz_member(z: Any, key: str, p: Path) -> np.ndarray:
-    """Array ``key`` of the open ``.npz`` archive ``z`` (read from ``p``), refusing pickled objects.
-
-    Shared by every ``.npz`` reader of the package (feature files, adapter files).
-    """
-    try:
-        return z[key]
-    except ValueError as exc:  # numpy refuses object arrays when allow_pickle=False
-        if "pickle" in str(exc).lower():
-            raise CompatError(f"{p}: array '{key}' holds pickled Python objects; refusing to load it") from None
-        raise CompatError(f"{p}: array '{key}' cannot be read ({exc})") from None
-
-
 def _load_dir(p: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     arrays = {}
     for key in _ARRAYS:
         f = p / f"{key}.npy"
-        if not f.is_file():
+        if not os.path.lexists(f):
             raise CompatError(f"{f}: missing; a feature directory needs {', '.join(k + '.npy' for k in _ARRAYS)}")
+        input_file(f, "feature array")
         try:
             arrays[key] = np.load(f, mmap_mode="r", allow_pickle=False)
         except ValueError as exc:
@@ -207,8 +195,10 @@ def _load_dir(p: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     arrays["labels"] = np.array(arrays["labels"])
     arrays["ids"] = np.array(arrays["ids"])
     meta_file = p / "meta.json"
+    if not os.path.lexists(meta_file):
+        return arrays, {}
     try:
-        meta = _parse_meta(meta_file.read_text(encoding="utf-8"), meta_file) if meta_file.is_file() else {}
+        meta = _parse_meta(input_file(meta_file, "feature meta file").read_text(encoding="utf-8"), meta_file)
     except (OSError, UnicodeDecodeError) as exc:
         raise CompatError(f"{meta_file}: not a readable UTF-8 JSON file ({exc})") from None
     return arrays, meta

@@ -13,14 +13,17 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from compat.errors import CompatError
 
 if TYPE_CHECKING:
     from compat.compatibility.matrix import CompatibilityReport
 
-__all__ = ["DEFAULT_TRACKING_URI", "TrainingTracker", "log_evaluation", "metric_key", "tracking_enabled"]
+__all__ = ["DEFAULT_TRACKING_URI", "TrainingTracker", "log_evaluation", "metric_key", "ready_store", "tracking_enabled"]
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 # MLflow's limit on the length of a param value (mlflow.utils.validation.MAX_PARAM_VAL_LENGTH).
@@ -69,6 +72,45 @@ def _metrics(report: CompatibilityReport) -> dict[str, float]:
     return out
 
 
+@contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Hold ``<database>.lock`` (next to a sqlite store's file) while the store is first used.
+
+    MLflow creates and migrates a sqlite store's tables on first use; two processes doing it at once
+    (two ``compat eval`` runs in one directory) make one of them fail in the middle of a migration.
+    """
+    path = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else None
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock (MLflow's own behaviour)
+        path = None
+    if path is None or path in ("", ":memory:") or not Path(path).parent.is_dir():
+        yield  # (a missing directory: MLflow says so itself)
+        return
+    lock = Path(path).with_name(Path(path).name + ".lock")
+    with open(lock, "a", encoding="utf-8") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def ready_store(uri: str):
+    """An ``MlflowClient`` on ``uri`` whose store exists and is migrated, created one process at a time."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    with _store_lock(uri):
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        try:
+            client.search_experiments(max_results=1)  # creates and migrates a new store under the lock
+        except MlflowException as exc:
+            first = (str(exc.message).strip().splitlines() or [""])[0]
+            raise CompatError(f"MLflow store {uri}: {first}") from None
+    return client
+
+
 def experiment_id_for(client, name: str | None) -> str:
     name = name or os.environ.get("MLFLOW_EXPERIMENT_NAME")
     if not name:
@@ -105,7 +147,7 @@ def log_evaluation(
 
     parent = mlflow.active_run()
     uri = mlflow.get_tracking_uri() if parent is not None or mlflow.is_tracking_uri_set() else DEFAULT_TRACKING_URI
-    client = mlflow.MlflowClient(tracking_uri=uri)
+    client = ready_store(uri)
     if parent is not None:
         experiment_id, tags = parent.info.experiment_id, {MLFLOW_PARENT_RUN_ID: parent.info.run_id}
     else:
@@ -146,6 +188,7 @@ class TrainingTracker:
 
         if not mlflow.is_tracking_uri_set():
             mlflow.set_tracking_uri(DEFAULT_TRACKING_URI)
+        ready_store(mlflow.get_tracking_uri())
         if self.experiment:
             mlflow.set_experiment(self.experiment)
         self._mlflow = mlflow

@@ -110,8 +110,10 @@ def mix_gallery(before: np.ndarray, after: np.ndarray, backfilled: np.ndarray) -
     return out
 
 
-def trapezoid_area(betas: Sequence[float], values: Sequence[float]) -> float:
-    """``integral M(beta) dbeta`` by the trapezoid rule."""
+def trapezoid_area(betas: Sequence[float], values: Sequence[float | None]) -> float | None:
+    """``integral M(beta) dbeta`` by the trapezoid rule; ``None`` when a point is undefined."""
+    if any(v is None for v in values):
+        return None
     b, v = np.asarray(betas, dtype=np.float64), np.asarray(values, dtype=np.float64)
     return float(np.sum((b[1:] - b[:-1]) * (v[1:] + v[:-1]) / 2.0))
 

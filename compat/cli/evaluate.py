@@ -36,10 +36,13 @@ __all__ = ["eval_command"]
 @click.option("--pairs", "n_pairs", type=click.IntRange(min=1), default=DEFAULT_PAIRS, show_default=True,
               help="Positive (and as many negative) pairs for --protocol pairs.")
 @click.option("--folds", type=click.IntRange(min=2), default=DEFAULT_FOLDS, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=options.SEED, default=0, show_default=True,
               help="Seed of the pair sampler and of the random backfill ordering.")
 @click.option("--ties-pass", is_flag=True,
               help="Count M(new, old) == M(old, old) as compatible (default: a tie fails).")
+@click.option("--allow-partial", is_flag=True,
+              help="loo: versions holding different items are evaluated over the ids all hold (said in every "
+              "report) instead of refused.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("compat-report"), show_default=True)
 @options.tracking
 @options.quiet
@@ -48,20 +51,23 @@ def eval_command(versions: tuple[tuple[str, Path], ...], queries: tuple[tuple[st
                  adapters: tuple[tuple[str, str, Path], ...], backfill: tuple[str, ...], backfill_points: int,
                  protocol: str, metrics: tuple[str, ...], similarity: str, dim_policy: str, backend: str, device: str,
                  memory_budget: str, independent: Path | None, n_pairs: int, folds: int, seed: int, ties_pass: bool,
-                 out: Path, track: bool, experiment: str | None, quiet: bool) -> None:
+                 allow_partial: bool, out: Path, track: bool, experiment: str | None, quiet: bool) -> None:
     """Evaluate a chain of versions: every version's queries against every older gallery.
 
     Writes compat.json, compat.md and compat.png under --out (and backfill.png with --backfill).
     """
+    from compat._files import check_output_dir
     from compat.features import load_features
     from compat.retrieval.evaluator import RetrievalEvaluator
 
+    check_output_dir(out)  # before any work: reports that cannot be written are never computed
     chain = _load_chain(versions, queries)
     evaluator = RetrievalEvaluator(metrics or None, protocol=protocol, similarity=similarity, backend=backend,
                                    device=device, memory_budget=memory_budget, pairs=n_pairs, folds=folds, seed=seed,
                                    progress=not quiet)
     reference = load_features(independent) if independent is not None else None
-    settings = {"dim_policy": dim_policy, "strict": not ties_pass, "independent": reference}
+    settings = {"dim_policy": dim_policy, "strict": not ties_pass, "independent": reference,
+                "allow_partial": allow_partial}
     if adapters or backfill:
         report, files = _eval_adapted(chain, evaluator, adapters, backfill, backfill_points, seed, out, settings)
     else:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -31,8 +33,8 @@ __all__ = ["gate_command"]
               default=Protocol.LOO.value, show_default=True, help="The gate needs per-query values: loo or template.")
 @options.evaluator_options
 @click.option("--n-resamples", type=click.IntRange(min=1), default=DEFAULT_RESAMPLES, show_default=True,
-              help="Bootstrap resamples per check.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap.")
+              help="Bootstrap resamples per check; at least 5 / (1 - confidence), 100 for 95% intervals.")
+@click.option("--seed", type=options.SEED, default=0, show_default=True, help="Seed of the bootstrap.")
 @click.option("--promote", "promote_name", default=None, metavar="NAME",
               help="On a pass, register the candidate (model file or models:/ URI) as NAME and move @champion to it.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("gate-report"), show_default=True)
@@ -44,43 +46,77 @@ def gate_command(old: str, new: str, chain: tuple[str, ...], independent: str | 
                  seed: int, promote_name: str | None, out: Path, quiet: bool) -> None:
     """Decide whether the NEW model may replace the OLD one and query its gallery.
 
-    Exit code 0: every required check of the policy passed; 1: one failed; 2: bad input.
+    Exit code 0: every required check of the policy passed; 1: one failed; 2: bad input; 3: a bug.
     Writes gate.json and gate.md under --out, and appends gate.md to $GITHUB_STEP_SUMMARY when set.
+    A run that exits with another code than 0 or 1 leaves no gate.json (an earlier one is removed)
+    and the registry as it was.
     """
-    from compat.gate import ExtractionSpec, SourceKind, load_policy, load_source, run_gate, source_kind
+    from compat._files import check_output_dir
+    from compat.gate import (
+        ExtractionSpec,
+        SourceKind,
+        check_model_name,
+        load_policy,
+        load_source,
+        run_gate,
+        source_kind,
+    )
     from compat.retrieval.evaluator import RetrievalEvaluator
 
-    if promote_name is not None and source_kind(new) is SourceKind.FEATURES:
-        raise CompatError(f"--promote: the candidate {new} is a feature set; promotion needs a model file (.pt) "
-                          "or a models:/ URI as --new")
-    policy = load_policy(policy_path)
-    evaluator = RetrievalEvaluator(policy.metrics, protocol=protocol, similarity=similarity, backend=backend,
-                                   device=device, memory_budget=memory_budget, progress=not quiet)
-    extraction = None
-    if dataset is not None:
-        extraction = ExtractionSpec(dataset, data_root, split, device=evaluator.device, batch_size=batch_size,
-                                    progress=not quiet)
-    old_fs = load_source(old, option="--old", extraction=extraction)
-    new_fs = load_source(new, option="--new", extraction=extraction)
-    chain_fs = [load_source(src, option="--chain", extraction=extraction) for src in chain]
-    ind_fs = load_source(independent, option="--independent", extraction=extraction) if independent else None
-    verdict = run_gate(old_fs, new_fs, policy, chain=chain_fs, independent=ind_fs, evaluator=evaluator,
-                       dim_policy=dim_policy, n_resamples=n_resamples, seed=seed, progress=not quiet)
-    _report(verdict, new, promote_name, out)
+    with _no_verdict_on_failure(out):
+        check_output_dir(out)  # before any work: a verdict that cannot be written is never computed
+        if promote_name is not None:
+            check_model_name(promote_name)
+            if source_kind(new) is SourceKind.FEATURES:
+                raise CompatError(f"--promote: the candidate {new} is a feature set; promotion needs a model file "
+                                  "(.pt) or a models:/ URI as --new")
+        policy = load_policy(policy_path)
+        evaluator = RetrievalEvaluator(policy.metrics, protocol=protocol, similarity=similarity, backend=backend,
+                                       device=device, memory_budget=memory_budget, progress=not quiet)
+        extraction = None
+        if dataset is not None:
+            extraction = ExtractionSpec(dataset, data_root, split, device=evaluator.device, batch_size=batch_size,
+                                        progress=not quiet)
+        old_fs = load_source(old, option="--old", extraction=extraction)
+        new_fs = load_source(new, option="--new", extraction=extraction)
+        chain_fs = [load_source(src, option="--chain", extraction=extraction) for src in chain]
+        ind_fs = load_source(independent, option="--independent", extraction=extraction) if independent else None
+        verdict = run_gate(old_fs, new_fs, policy, chain=chain_fs, independent=ind_fs, evaluator=evaluator,
+                           dim_policy=dim_policy, n_resamples=n_resamples, seed=seed, progress=not quiet)
+        _report(verdict, new, promote_name, out)
     if not verdict.passed:
         sys.exit(EXIT_GATE_FAILED)
 
 
-def _report(verdict, candidate: str, promote_name: str | None, out: Path) -> None:
-    """Promote a passing candidate when asked, write the reports, print and append the step summary."""
-    from compat.gate import append_step_summary, promote, render_markdown, write_reports
+@contextmanager
+def _no_verdict_on_failure(out: Path) -> Iterator[None]:
+    """A run that fails must not leave an earlier run's verdict behind as if it were its own."""
+    from compat.gate import remove_reports
 
+    try:
+        yield
+    except BaseException:
+        remove_reports(out)
+        raise
+
+
+def _report(verdict, candidate: str, promote_name: str | None, out: Path) -> None:
+    """Write the reports; then, for a passing candidate and --promote, promote it and record the
+    promotion in the reports (taken back if they cannot be written); print; append the step summary."""
+    from compat.gate import append_step_summary, promote, render_markdown, undo_promotion, write_reports
+
+    write_reports(verdict, out)  # the verdict is on disk before the registry is touched
     promotion = None
     if verdict.passed and promote_name is not None:
         tags = {"compat.gate": "passed", **{f"compat.gate.{c.name}": f"{c.value}" for c in verdict.checks
                                             if c.value is not None}}
-        promotion = promote(promote_name, candidate, tags=tags).to_json()
-    write_reports(verdict, out, promotion=promotion)
+        done = promote(promote_name, candidate, tags=tags)  # undoes its own steps if one fails
+        promotion = done.to_json()
+        try:
+            write_reports(verdict, out, promotion=promotion)
+        except BaseException:
+            undo_promotion(done)
+            raise
     markdown = render_markdown(verdict, promotion)
     click.echo(markdown, nl=False)
     try:

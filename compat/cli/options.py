@@ -8,7 +8,6 @@ that ``compat --help`` answers quickly.
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
@@ -16,9 +15,11 @@ from typing import Any
 
 import click
 
-from compat.errors import EXIT_BAD_INPUT, CompatError
+from compat.cli.failures import run_cleanly
+from compat.errors import CompatError
 
 __all__ = [
+    "SEED",
     "AdapterPath",
     "NamedPath",
     "backend",
@@ -37,17 +38,17 @@ __all__ = [
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
+# Seeds of every command: what numpy's and torch's generators accept alike.
+SEED = click.IntRange(0, 2**32 - 1)
+
 
 def fail_cleanly(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a :class:`CompatError` into one line on stderr and exit code 2."""
+    """One line on stderr and an exit code for whatever the command raises: a :class:`CompatError` or
+    an unusable file exit 2, Ctrl-C 130, anything else (a bug) 3 (:mod:`compat.cli.failures`)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except CompatError as exc:
-            click.echo(f"compat: error: {exc}", err=True)
-            sys.exit(EXIT_BAD_INPUT)
+        return run_cleanly(fn, args, kwargs)
 
     return wrapper
 

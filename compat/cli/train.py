@@ -29,12 +29,14 @@ def train_command(recipe: Path, overrides: tuple[str, ...], data_root: str | Non
 
     With an 'adapters' section, then train adapters between the frozen versions and evaluate them.
     """
+    from compat._files import check_output_dir
     from compat.compatibility.report import render_markdown
     from compat.device import resolve_device
     from compat.train import load_recipe, train_chain
 
     cfg = load_recipe(recipe, overrides)
     out = out or Path("runs") / f"{cfg.name}-seed{cfg.seed}"
+    check_output_dir(out)
     result = train_chain(cfg, out=out, device=resolve_device(device), data_root=data_root, resume=resume,
                          track=track, experiment=experiment, progress=not quiet)
     if result.report is not None:
@@ -58,11 +60,13 @@ def train_command(recipe: Path, overrides: tuple[str, ...], data_root: str | Non
 def extract_command(checkpoint: Path, dataset: str, data_root: str | None, split: str, batch_size: int, out: Path,
                     device: str, version_name: str | None, quiet: bool) -> None:
     """Extract the retrieval features of a dataset split with a trained model."""
+    from compat._files import check_output_file
     from compat.data import build_dataset, dataset_ids, dataset_labels
     from compat.device import resolve_device
     from compat.features import save_features
     from compat.models import extract_model_file
 
+    check_output_file(out)  # before the extraction, not after it
     device = resolve_device(device)
     ds = build_dataset(dataset, root=data_root, split=split, train_transform=False)
     meta = {"version": version_name or checkpoint.parent.name, "dataset": dataset, "split": split}

@@ -17,6 +17,7 @@ import numpy as np
 
 from compat.choices import parse_choice
 from compat.compatibility.cell import DimPolicy, evaluate_cell
+from compat.compatibility.items import ItemCoverage, align_chain
 from compat.compatibility.summary import MetricSummary, summarize
 from compat.errors import CompatError
 from compat.features import FeatureSet
@@ -82,6 +83,7 @@ class CompatibilityReport:
         matrices: metric -> T x T list, ``[i][j]`` for j <= i, ``None`` above the diagonal.
         summary: metric -> AC / AM / BC / FC / ECC / update gain.
         queries: T x T counts of queries evaluated and queries without any positive.
+        coverage: for a partial evaluation (``allow_partial``), the items every cell is over.
     """
 
     versions: tuple[str, ...]
@@ -90,9 +92,26 @@ class CompatibilityReport:
     matrices: dict[str, list[list[float | None]]]
     summary: dict[str, MetricSummary]
     queries: list[list[CellCount | None]]
+    coverage: ItemCoverage | None = None
+
+    @property
+    def notes(self) -> list[str]:
+        """What a reader must know to read the numbers: a partial evaluation, undefined cells."""
+        out = [self.coverage.note] if self.coverage is not None else []
+        t = len(self.versions)
+        for m in self.metrics:
+            undefined = [f"{self.versions[i]} on {self.versions[j]}" for i in range(t) for j in range(i + 1)
+                         if self.matrices[m][i][j] is None]
+            if undefined:
+                out.append(f"{m}: {', '.join(undefined)} undefined (no query has a positive in the gallery): "
+                           "null, and left out of ac, am, bc, fc and the update gain")
+        return out
 
     def to_json(self) -> dict:
-        """The ``compat.json`` document (schema in docs/design.md)."""
+        """The ``compat.json`` document (schema in docs/design.md); ``items`` and ``notes`` only when
+        the evaluation is partial or has undefined cells."""
+        extra = {"items": self.coverage.to_json()} if self.coverage is not None else {}
+        extra |= {"notes": self.notes} if self.notes else {}
         return {
             "versions": list(self.versions),
             "protocol": self.protocol,
@@ -102,7 +121,7 @@ class CompatibilityReport:
             # fraction reads as a count of queries (and a shortfall as the number of queries missing)
             "queries": [[None if c is None else {"n": c.n_queries, "without_positive": c.n_without_positive}
                          for c in row] for row in self.queries],
-        }
+        } | extra
 
     def cell(self, metric: str, query_version: str, gallery_version: str) -> float | None:
         return self.matrices[metric][self.versions.index(query_version)][self.versions.index(gallery_version)]
@@ -126,6 +145,7 @@ def evaluate_chain(
     transform: CellTransform = identity_transform,
     strict: bool = True,
     independent: FeatureSet | None = None,
+    allow_partial: bool = False,
     progress: Callable[[Cell, RetrievalResult], None] | None = None,
 ) -> CompatibilityReport:
     """Evaluate every cell j <= i of a version chain and summarise each metric.
@@ -138,9 +158,17 @@ def evaluate_chain(
         strict: ties fail the compatibility criterion.
         independent: features of the newest model trained without any compatibility constraint;
             its self-evaluation is the update gain's upper bound (else the newest version's own).
+        allow_partial: under ``loo``, versions that hold different items are evaluated over the ids
+            every version holds (the report says so) instead of refused.
         progress: called after each cell.
+
+    Raises:
+        CompatError: bad input, among them (``loo``) versions that hold different items, and an
+            item whose label differs between versions.
     """
     _check_versions(versions)
+    versions, independent, coverage = align_chain(versions, independent, protocol=evaluator.protocol,
+                                                  allow_partial=allow_partial)
     policy = parse_choice(DimPolicy, dim_policy, "dim_policy")
     t = len(versions)
     names = tuple(v.name for v in versions)
@@ -167,4 +195,4 @@ def evaluate_chain(
         m: summarize(matrices[m], strict=strict, reference_self=None if reference is None else reference.values[m])
         for m in metric_names
     }
-    return CompatibilityReport(names, evaluator.protocol.value, metric_names, matrices, summary, counts)
+    return CompatibilityReport(names, evaluator.protocol.value, metric_names, matrices, summary, counts, coverage)

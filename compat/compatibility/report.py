@@ -6,12 +6,12 @@ directory first and only then moved into place, so a failure never leaves a part
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from compat._atomic import write_all_or_nothing
+from compat.jsontext import report_json
 from compat.markdown import FAIL_MARK, PASS_MARK, UNDEFINED, escape, num, pct, pp, table
 
 if TYPE_CHECKING:
@@ -85,6 +85,8 @@ def render_markdown(report: CompatibilityReport) -> str:
         ),
         "",
     ]
+    if report.notes:
+        lines += ["**Notes**", "", *(f"- {escape(note)}" for note in report.notes), ""]
     for metric in report.metrics:
         lines += _metric_section(report, metric)
     lines += _queries_section(report)
@@ -118,10 +120,13 @@ def plot_heatmaps(report: CompatibilityReport, path: Path) -> None:
                 if matrix[i][j] is not None:
                     values[i, j] = matrix[i][j]
         masked = np.ma.masked_invalid(values)
-        image = ax.imshow(masked, cmap="viridis", vmin=np.nanmin(values), vmax=np.nanmax(values))
+        finite = values[np.isfinite(values)]
+        low, high = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)  # every cell may be undefined
+        image = ax.imshow(masked, cmap="viridis", vmin=low, vmax=high)
         for i in range(t):
             for j in range(i + 1):
                 if np.isnan(values[i, j]):
+                    ax.text(j, i, "n/a", ha="center", va="center", color="grey", fontsize=9)
                     continue
                 failed = j < i and ecc[i][j] is False
                 lum = np.dot(image.to_rgba(values[i, j])[:3], (0.299, 0.587, 0.114))
@@ -177,7 +182,7 @@ def write_reports(
     document = report.to_json() | (extra_json or {})
     markdown = render_markdown(report) + ("\n" + extra_markdown if extra_markdown else "")
     writers: dict[str, Callable[[Path], object]] = {
-        JSON_NAME: lambda p: p.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8"),
+        JSON_NAME: lambda p: p.write_text(report_json(document), encoding="utf-8"),
         MARKDOWN_NAME: lambda p: p.write_text(markdown, encoding="utf-8"),
         HEATMAP_NAME: lambda p: plot_heatmaps(report, p),
     }

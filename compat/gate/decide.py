@@ -20,9 +20,10 @@ import numpy as np
 
 from compat.choices import parse_choice
 from compat.compatibility.cell import DimPolicy, evaluate_cell
+from compat.compatibility.items import check_items, check_labels
 from compat.errors import CompatError
 from compat.features import FeatureSet
-from compat.gate.bootstrap import DEFAULT_RESAMPLES, Interval, Statistic, bootstrap_ci
+from compat.gate.bootstrap import DEFAULT_RESAMPLES, Interval, Statistic, bootstrap_ci, min_resamples
 from compat.gate.policy import CheckKind, CheckSpec, GatePolicy, Rule
 from compat.progress import progress as progress_bar
 from compat.retrieval.evaluator import Protocol, RetrievalEvaluator
@@ -261,21 +262,30 @@ def run_gate(
         evaluator: configured retrieval (protocol ``loo`` or ``template``, similarity, backend);
             default: leave-one-out, cosine, with the policy's metrics. It must compute them all.
         dim_policy: when feature sizes differ: ``error``, ``truncate`` or ``pad``.
-        n_resamples: bootstrap resamples per check.
+        n_resamples: bootstrap resamples per check, at least :func:`compat.gate.bootstrap.min_resamples`
+            of the policy's confidence (100 at 95%).
         seed: seed of the bootstrap.
         progress: a bar over the checks on a terminal.
 
     Raises:
         CompatError: bad input (sizes, ids, a metric the evaluator does not compute, a required
-            check without its input).
+            check without its input, ``loo`` sets that hold different items, an item whose label
+            differs between sets, fewer resamples than the confidence needs).
     """
     dims = parse_choice(DimPolicy, dim_policy, "dim_policy")
+    fewest = min_resamples(policy.confidence)
+    if n_resamples < fewest:
+        raise CompatError(f"n_resamples: {n_resamples} is too few for {policy.confidence:g} intervals; at least "
+                          f"{fewest} (5 / (1 - confidence)), so that each end rests on more than the extreme draws")
     evaluator = evaluator or RetrievalEvaluator(policy.metrics)
     _check_inputs(policy, evaluator, independent)
     older = [f"chain[{i}]" for i in range(len(chain))] + [OLD]
     models = {OLD: old, NEW: new, **dict(zip(older[:-1], chain, strict=True))}
     if independent is not None:
         models[INDEPENDENT] = independent
+    if evaluator.protocol is Protocol.LOO:  # cells compared query by query must be over the same items
+        check_items(list(models.items()))
+    check_labels(list(models.items()))
     cells = _Cells(models, evaluator, dims)
     results = []
     for spec in progress_bar(policy.checks, desc="gate checks", enabled=progress):

@@ -1,7 +1,8 @@
 """Gate policies: which checks decide whether a candidate model may replace the production model.
 
 A policy is a YAML file (read with ``yaml.safe_load``) validated into a frozen :class:`GatePolicy`;
-unknown keys and wrong types are errors that name the file and the key. The default policy ships
+unknown keys and wrong types are errors that name the file and the key (values are never coerced:
+``required: "yes"`` or ``threshold: "0.1"`` are errors), and at least one check must be required. The default policy ships
 with the package (``compat/gate/default.yaml``, the same file as ``configs/gate/default.yaml``).
 """
 
@@ -72,7 +73,7 @@ class CheckKind(str, Enum):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class CheckSpec(_Strict):
@@ -87,7 +88,7 @@ class CheckSpec(_Strict):
         name: unique within the policy; default ``"<kind> <metric>"``.
     """
 
-    kind: CheckKind
+    kind: CheckKind = Field(strict=False)  # read from its YAML text
     metric: str = "cmc@1"
     threshold: float
     required: bool = True
@@ -134,6 +135,8 @@ class GatePolicy(_Strict):
 
     @model_validator(mode="after")
     def _unique(self) -> GatePolicy:
+        if not any(c.required for c in self.checks):
+            raise ValueError("at least one check must be required (a policy of optional checks passes every candidate)")
         seen: set[str] = set()
         for check in self.checks:
             if check.label in seen:

@@ -98,6 +98,9 @@ class RetrievalEvaluator:
         self.memory_budget = parse_memory_budget(memory_budget)
         if pairs < 1 or folds < 2:
             raise CompatError(f"pairs/folds: need pairs >= 1 and folds >= 2, got {pairs} and {folds}")
+        if self.protocol is Protocol.PAIRS and folds > 2 * pairs:
+            raise CompatError(f"folds: {folds} folds need at least {folds} pairs in all, but {pairs} positive and "
+                              f"{pairs} negative pairs are {2 * pairs}; an empty fold has no accuracy")
         self.pairs, self.folds, self.seed = pairs, folds, seed
         self.threads = threads or _default_threads()
         self.progress = progress
@@ -130,6 +133,9 @@ class RetrievalEvaluator:
         if self.similarity is Similarity.COSINE:
             _check_nonzero(query, f"{where} (queries)")
             _check_nonzero(gallery, f"{where} (gallery)")
+        else:
+            _check_l2_range(query, f"{where} (queries)")
+            _check_l2_range(gallery, f"{where} (gallery)")
         cell = (query, query_labels, query_ids, gallery, gallery_labels, gallery_ids, self.metrics)
         if self.protocol is Protocol.LOO:
             return leave_one_out(*cell, similarity=self.similarity, backend=self.backend.value, device=self.device,
@@ -160,3 +166,20 @@ def _check_nonzero(x: np.ndarray, where: str, rows: int = 1 << 16) -> None:
                 f"{where}: feature row {s + int(np.flatnonzero(zero)[0])} is all zeros; "
                 "cosine similarity needs non-zero features"
             )
+
+
+# Under l2 the backends score in float32: a squared distance must stay far below float32's largest
+# value (3.4e38), so features are kept within norm 1e18 (cosine normalises any finite row instead).
+_L2_MAX_NORM = 1e18
+
+
+def _check_l2_range(x: np.ndarray, where: str, rows: int = 1 << 16) -> None:
+    """Squared L2 distances of these features must not overflow float32 (a bound: largest |value| x sqrt(D))."""
+    if x.size == 0:
+        return
+    largest = max(max(abs(float(b.max())), abs(float(b.min()))) for b in (x[s : s + rows] for s in range(0, len(x), rows)))
+    if largest * np.sqrt(x.shape[1]) > _L2_MAX_NORM:
+        raise CompatError(
+            f"{where}: a feature value of magnitude {largest:.3g}; --similarity l2 scores squared distances in "
+            f"float32 and needs |value| x sqrt(D) below {_L2_MAX_NORM:g} (rescale the features, or use cosine)"
+        )

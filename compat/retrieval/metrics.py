@@ -82,7 +82,8 @@ def parse_metrics(names: tuple[str, ...] | list[str]) -> tuple[Metric, ...]:
 
 @dataclass(frozen=True)
 class RetrievalResult:
-    """One evaluation cell: metric name -> value in [0, 1], and how many queries counted.
+    """One evaluation cell: metric name -> value in [0, 1] (``None`` when no query had a positive: the
+    cell is undefined, not 0), and how many queries counted.
 
     ``per_query`` and ``counted`` (ranking protocols only; ``None`` for pair verification) hold the
     values behind the averages, in the order of the queries given: metric name -> (Nq,) float64
@@ -91,13 +92,13 @@ class RetrievalResult:
     query by query (the gate's bootstrap intervals).
     """
 
-    values: dict[str, float]
+    values: dict[str, float | None]
     n_queries: int
     n_without_positive: int
     per_query: dict[str, np.ndarray] | None = field(default=None, compare=False, repr=False)
     counted: np.ndarray | None = field(default=None, compare=False, repr=False)
 
-    def __getitem__(self, metric: str) -> float:
+    def __getitem__(self, metric: str) -> float | None:
         return self.values[metric]
 
 

@@ -71,8 +71,9 @@ def _cmc_hits(first_rank: np.ndarray, metrics: tuple[Metric, ...]) -> dict[str, 
 
 
 def _result(per_query: dict[str, np.ndarray], has_pos: np.ndarray, metrics: tuple[Metric, ...]) -> RetrievalResult:
+    """The cell's means over the queries with a positive; ``None`` (undefined, not 0) when there are none."""
     n_eval = int(has_pos.sum())
-    values = {m.name: (float(per_query[m.name][has_pos].mean()) if n_eval else 0.0) for m in metrics}
+    values = {m.name: (float(per_query[m.name][has_pos].mean()) if n_eval else None) for m in metrics}
     return RetrievalResult(
         values=values,
         n_queries=len(has_pos),
@@ -274,6 +275,8 @@ def sample_pairs(
 def kfold_threshold_accuracy(scores: np.ndarray, same: np.ndarray, *, folds: int = 10, seed: int = 0) -> float:
     """Verification accuracy: for each fold, the threshold that maximises accuracy on the other
     folds (a pair is called 'same' when its score is above it) is scored on the fold; the mean."""
+    if not 2 <= folds <= len(scores):
+        raise CompatError(f"folds: expected 2 <= folds <= {len(scores)} (the number of pairs), got {folds}")
     rng = np.random.default_rng(seed)
     perm = rng.permutation(len(scores))
     parts = np.array_split(perm, folds)
