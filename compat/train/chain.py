@@ -47,7 +47,7 @@ from compat.train.data import RecipeData
 from compat.train.distributed import DistributedContext
 from compat.train.loop import EpochStats, train_version
 from compat.train.plan import VersionPlan, check_init_checkpoints, initial_model, model_spec, plan_versions
-from compat.train.resume import check_recipe_file, check_same_training
+from compat.train.resume import check_run_dir, check_same_training
 
 __all__ = ["ChainResult", "ChainRun", "TrainedVersion", "train_chain"]
 
@@ -145,7 +145,7 @@ def _start(recipe: Recipe, *, out: Path, device: str, data_root: str | None, res
 
     check_output_dir(out)  # before any work: a run whose output cannot be written is never started
     if resume:
-        check_recipe_file(out, recipe.resolved())  # before recipe.yaml is written again
+        check_run_dir(out, recipe.resolved())  # every file it may reuse, before recipe.yaml is written again
     dist = DistributedContext.from_env(device)
     device = dist.device(device)
     seed_everything(recipe.seed)

@@ -20,7 +20,7 @@ from typing import Any
 
 from compat.errors import CompatError
 
-__all__ = ["IGNORED_KEYS", "check_recipe_file", "check_same_training", "first_difference", "training_settings"]
+__all__ = ["IGNORED_KEYS", "check_run_dir", "check_same_training", "first_difference", "training_settings"]
 
 IGNORED_KEYS = ("name", "eval", "adapters", "data.root", "data.download", "data.num_workers")
 _ADVICE = "resume with the recipe it was trained with, or train into a new --out"
@@ -80,13 +80,27 @@ def check_same_training(stored: Any, current: dict[str, Any], where: str | Path)
         raise CompatError(f"{where}: trained with another recipe: {key} is {was!r} there and {now!r} now; {_ADVICE}")
 
 
-def check_recipe_file(out: Path, current: dict[str, Any]) -> None:
-    """Under ``--resume``, the ``recipe.yaml`` already in ``out`` (if any) trains what ``current`` trains.
+def check_run_dir(out: Path, current: dict[str, Any]) -> None:
+    """Under ``--resume``, everything already in ``out`` that the run may reuse was trained by ``current``:
+    ``recipe.yaml``, every ``checkpoint.pt`` (its ``recipe``) and every ``model.pt`` (``meta.training.recipe``).
 
-    Checked before ``recipe.yaml`` is written again, so a refused resume leaves it as it was.
+    Checked before anything is written, so a refused resume leaves ``out`` as it was.
+
+    Raises:
+        CompatError: a file was trained under another recipe (naming the file and the first key that
+            differs), or records no recipe.
     """
     from compat.configfile import read_yaml_mapping
+    from compat.models.io import load_checkpoint
 
     path = out / "recipe.yaml"
     if path.exists():
         check_same_training(read_yaml_mapping(path, "recipe"), current, path)
+    for path in sorted(out.glob("v*/checkpoint.pt")):
+        state = load_checkpoint(path)
+        check_same_training(state.get("recipe") if isinstance(state, dict) else None, current, path)
+    for path in sorted(out.glob("v*/model.pt")):
+        state = load_checkpoint(path)
+        meta = state.get("meta") if isinstance(state, dict) else None
+        training = meta.get("training") if isinstance(meta, dict) else None
+        check_same_training(training.get("recipe") if isinstance(training, dict) else None, current, path)

@@ -158,7 +158,7 @@ def test_promotion_failing_half_way_puts_the_aliases_back(models, tmp_path, prod
 
 
 def test_reports_that_cannot_record_the_promotion_take_it_back(models, tmp_path, prod, monkeypatch) -> None:
-    import compat.gate.report as report
+    from compat.gate import report
 
     real, writes = report.write_all_or_nothing, []
 
@@ -186,7 +186,7 @@ def test_a_failed_run_leaves_no_earlier_verdict(models, tmp_path, monkeypatch) -
     assert_one_line_exit_2(invoke(*missing), out, ["gone.pt"])
 
     assert invoke(*args).exit_code == 0
-    import compat.gate as gate
+    from compat import gate
 
     monkeypatch.setattr(gate, "run_gate", lambda *a, **k: 1 / 0)
     result = invoke(*args)
