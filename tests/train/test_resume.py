@@ -136,3 +136,30 @@ def test_first_difference_names_nested_keys_and_list_items() -> None:
     # What cannot change a trained weight is not compared: where the data lies, how the chain is evaluated.
     assert training_settings({"data": {"root": "/a", "dataset": "mnist"}, "eval": {}, "name": "n"}) == \
         {"data": {"dataset": "mnist"}}
+
+
+def test_an_adapter_is_reused_only_with_the_model_files_it_was_trained_on(tmp_path) -> None:
+    from compat.adapters.fit import AdapterConfig
+    from compat.features import FeatureSet
+    from compat.train.adapters import _adapter
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 25)
+    old = rng.normal(size=(4, 8))[labels] + 0.3 * rng.normal(size=(100, 8))
+    new = old @ np.linalg.qr(rng.normal(size=(8, 8)))[0]
+
+    def train(digest: str) -> dict[str, FeatureSet]:
+        return {"v1": FeatureSet.from_arrays(new, labels, meta={"checkpoint": digest}),
+                "v0": FeatureSet.from_arrays(old, labels, meta={"checkpoint": "sha256:old"})}
+
+    cfg = AdapterConfig(kind="procrustes", forward="none", epochs=1)
+    path = tmp_path / "adapters" / "v1-v0-procrustes.npz"
+    first = _adapter(tmp_path, "procrustes", cfg, ("v1", "v0"), train("sha256:a"), resume=True, device="cpu",
+                     progress=False)
+    assert first.info.training["models"] == {"new": "sha256:a", "old": "sha256:old"}
+    stamp = path.stat().st_ino  # a file written again is a new file (written aside, then renamed)
+    _adapter(tmp_path, "procrustes", cfg, ("v1", "v0"), train("sha256:a"), resume=True, device="cpu", progress=False)
+    assert path.stat().st_ino == stamp  # the same settings and model files: reused
+    again = _adapter(tmp_path, "procrustes", cfg, ("v1", "v0"), train("sha256:b"), resume=True, device="cpu",
+                     progress=False)
+    assert path.stat().st_ino != stamp and again.info.training["models"]["new"] == "sha256:b"  # trained again
