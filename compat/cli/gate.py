@@ -16,8 +16,34 @@ from compat.retrieval.evaluator import Protocol
 
 __all__ = ["gate_command"]
 
+DEFAULT_OUT = Path("gate-report")
 
-@click.command("gate")
+
+class _GateCommand(click.Command):
+    """A command line that cannot even be parsed is a failed run too: it leaves no earlier verdict in --out."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        given = list(args)  # click's parser consumes the list it parses
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.ClickException:
+            from compat.gate import remove_reports
+
+            remove_reports(_out_of(given))
+            raise
+
+
+def _out_of(args: list[str]) -> Path:
+    """The --out of an unparsed command line (its default when not given)."""
+    for k, arg in enumerate(args):
+        if arg == "--out" and k + 1 < len(args):
+            return Path(args[k + 1])
+        if arg.startswith("--out="):
+            return Path(arg.partition("=")[2])
+    return DEFAULT_OUT
+
+
+@click.command("gate", cls=_GateCommand)
 @click.option("--old", required=True, metavar="SOURCE",
               help="Production model: features (.npz or .npy directory), a model file (.pt) or models:/NAME@ALIAS.")
 @click.option("--new", required=True, metavar="SOURCE", help="Candidate model, in any form that --old accepts.")
@@ -37,7 +63,7 @@ __all__ = ["gate_command"]
 @click.option("--seed", type=options.SEED, default=0, show_default=True, help="Seed of the bootstrap.")
 @click.option("--promote", "promote_name", default=None, metavar="NAME",
               help="On a pass, register the candidate (model file or models:/ URI) as NAME and move @champion to it.")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("gate-report"), show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=DEFAULT_OUT, show_default=True)
 @options.quiet
 @options.fail_cleanly
 def gate_command(old: str, new: str, chain: tuple[str, ...], independent: str | None, policy_path: Path | None,
