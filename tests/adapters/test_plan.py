@@ -297,3 +297,29 @@ def test_write_plan_is_all_or_nothing_and_reads_a_npz_gallery(tmp_path):
     assert [p.name for p in written] == ["plan.csv", "plan.json", "plan.md", "plan.png"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["plan.csv", "plan.json", "plan.md", "plan.png"]
     assert plan.max_difference == 0.0 and plan.budget.items == 10
+
+
+def test_cli_extracts_the_sample_with_model_files(tmp_path, monkeypatch):
+    """--old / --new as model files embedded on --dataset (the gate's sources), the gallery as stored features."""
+    import torch
+
+    from compat.gate import ExtractionSpec, load_source
+    from compat.models import backbones, build_model, save_model
+    from tests.gate.common import BACKBONE, Pixels
+
+    monkeypatch.setitem(backbones.BACKBONES._entries, BACKBONE, Pixels)
+    spec = {"backbone": BACKBONE, "feature_dim": None, "head": "linear", "num_classes": 10}
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        paths.append(save_model(tmp_path / f"m{seed}.pt", build_model(**spec), spec))
+    stored = load_source(paths[0], option="--old", extraction=ExtractionSpec("mnist-mini", progress=False))
+    gallery = save_features(stored, tmp_path / "gallery")
+    out = tmp_path / "plan"
+    result = CliRunner().invoke(cli, [str(a) for a in (
+        "plan-backfill", "--gallery", gallery, "--old", paths[0], "--new", paths[1], "--dataset", "mnist-mini",
+        "--ordering", "uncertainty", "--budget", "10%", "--points", 3, "--n-resamples", 20, "--quiet", "--out", out)])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((out / "plan.json").read_text(encoding="utf-8"))
+    assert doc["sample"]["n"] == doc["gallery"]["n"] == 1000 and doc["sample"]["max_difference"] == 0.0
+    assert doc["sample"]["new"] == str(paths[1]) and doc["budget"]["items"] == 100
