@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_evaluator import _proc_status, _reset_peak  # the same peak-memory probe
 
 MiB = 1 << 20
 BLOCK = 1 << 18
@@ -64,25 +65,6 @@ def write_gallery(path: Path, n: int, dim: int, classes: int, seed: int) -> None
     (path / "meta.json").write_text("{}", encoding="utf-8")
 
 
-def _status() -> dict[str, int]:
-    out = {}
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                key, value = line.split(":")
-                out[key] = int(value.split()[0])
-    return out
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def child(args: argparse.Namespace) -> None:
     """One phase in a fresh process; prints one JSON line."""
     import torch  # noqa: F401  (imported before the baseline, as the library imports it)
@@ -96,7 +78,7 @@ def child(args: argparse.Namespace) -> None:
     gallery, out = Path(args._gallery), Path(args._out)
     gc.collect()
     reset = _reset_peak()
-    base = _status()
+    base = _proc_status()
     start = time.perf_counter()
     runs_bytes = 0
     if args._child == "streamed":
@@ -117,7 +99,7 @@ def child(args: argparse.Namespace) -> None:
             fh.writelines("\n".join(map(str, ids[order[s : s + BLOCK]].tolist())) + "\n" for s in range(0, len(order), BLOCK))
         extra = {}
     seconds = time.perf_counter() - start
-    end = _status()
+    end = _proc_status()
     print(json.dumps({"phase": args._child, "seconds": seconds, "peak_mib": (end["VmHWM"] - base["VmRSS"]) / 1024,
                       "peak_reset": reset, "runs_bytes": runs_bytes, **extra}))
 

@@ -54,7 +54,7 @@ def gate_command(old: str, new: str, chain: tuple[str, ...], independent: str | 
     Exit code 0: every required check of the policy passed; 1: one failed; 2: bad input.
     Writes gate.json and gate.md under --out, and appends gate.md to $GITHUB_STEP_SUMMARY when set.
     """
-    from compat.gate import ExtractionSpec, SourceKind, load_policy, load_source, run_gate, source_kind
+    from compat.gate import SourceKind, load_policy, load_source, run_gate, source_kind
     from compat.retrieval.evaluator import RetrievalEvaluator
 
     if promote_name is not None and source_kind(new) is SourceKind.FEATURES:
@@ -63,10 +63,7 @@ def gate_command(old: str, new: str, chain: tuple[str, ...], independent: str | 
     policy = load_policy(policy_path)
     evaluator = RetrievalEvaluator(policy.metrics, protocol=protocol, similarity=similarity, backend=backend,
                                    device=device, memory_budget=memory_budget, progress=not quiet)
-    extraction = None
-    if dataset is not None:
-        extraction = ExtractionSpec(dataset, data_root, split, device=evaluator.device, batch_size=batch_size,
-                                    progress=not quiet)
+    extraction = options.extraction_spec(dataset, data_root, split, batch_size, evaluator.device, quiet)
     old_fs = load_source(old, option="--old", extraction=extraction)
     new_fs = load_source(new, option="--new", extraction=extraction)
     chain_fs = [load_source(src, option="--chain", extraction=extraction) for src in chain]

@@ -65,7 +65,7 @@ def plan_backfill_command(gallery: Path, old: str, new: str, dataset: str | None
     from compat.adapters.plan import PlanSettings
     from compat.adapters.plan_goals import parse_budget, parse_target
     from compat.adapters.plan_report import render_plan_markdown, write_plan
-    from compat.gate import ExtractionSpec, load_source
+    from compat.gate import load_source
     from compat.retrieval.evaluator import RetrievalEvaluator
     from compat.stored import open_stored
 
@@ -81,10 +81,7 @@ def plan_backfill_command(gallery: Path, old: str, new: str, dataset: str | None
     evaluator = RetrievalEvaluator(wanted, protocol=protocol, similarity=similarity, backend=backend, device=device,
                                    memory_budget=memory_budget, progress=not quiet)
     stored = open_stored(gallery)
-    extraction = None
-    if dataset is not None:
-        extraction = ExtractionSpec(dataset, data_root, split, device=evaluator.device, batch_size=batch_size,
-                                    progress=not quiet)
+    extraction = options.extraction_spec(dataset, data_root, split, batch_size, evaluator.device, quiet)
     old_fs = load_source(old, option="--old", extraction=extraction)
     new_fs = load_source(new, option="--new", extraction=extraction)
     adapter = None
