@@ -36,7 +36,7 @@ from compat.adapters.plan_goals import (
     flattening_index,
     target_index,
 )
-from compat.adapters.plan_order import GalleryMap, write_plan_order
+from compat.adapters.plan_order import GalleryMap, PlanOrder, write_plan_order
 from compat.choices import parse_choice
 from compat.compatibility.cell import DimPolicy, apply_dim_policy
 from compat.errors import CompatError
@@ -87,6 +87,9 @@ class PlanSettings:
         beta_grid(self.points)  # at least 2 points
         if not 0.5 < self.confidence < 1:
             raise CompatError(f"confidence: expected a level in (0.5, 1), got {self.confidence}")
+        if self.n_resamples < 1:
+            raise CompatError(f"n_resamples: expected at least 1, got {self.n_resamples}")
+        flattening_index([0.0], self.flat_tolerance)  # a tolerance >= 0
 
 
 @dataclass(frozen=True)
@@ -158,14 +161,24 @@ def _raw_maps(policy: DimPolicy, old_dim: int, new_dim: int) -> tuple[GalleryMap
     return fit(new_dim), fit(old_dim)
 
 
-def _maps(settings: PlanSettings, adapter: Adapter | None, old_dim: int, new_dim: int):
-    """(gallery map, new map, start cell, end cell) of the deployment."""
+@dataclass(frozen=True)
+class _Deployment:
+    """What the gallery holds before re-extraction (``gallery``: stored -> searched features), what
+    re-extracted items and queries are (``new``: new -> searched features), and the cells at both ends."""
+
+    gallery: GalleryMap
+    new: GalleryMap
+    start: AdapterCell
+    end: AdapterCell
+
+
+def _deployment(settings: PlanSettings, adapter: Adapter | None, old_dim: int, new_dim: int) -> _Deployment:
     if adapter is None:
-        return (*_raw_maps(settings.dim_policy, old_dim, new_dim), AdapterCell.NEW_OLD, AdapterCell.NEW_NEW)
+        return _Deployment(*_raw_maps(settings.dim_policy, old_dim, new_dim), AdapterCell.NEW_OLD, AdapterCell.NEW_NEW)
     adapter.check_dims(new_dim, old_dim, where="--adapter")
     if settings.forward and adapter.has_forward:
-        return adapter.upgrade, adapter.to_old, AdapterCell.B_F, AdapterCell.B_B
-    return adapter.old_space, adapter.to_old, AdapterCell.B_OLD, AdapterCell.B_B
+        return _Deployment(adapter.upgrade, adapter.to_old, AdapterCell.B_F, AdapterCell.B_B)
+    return _Deployment(adapter.old_space, adapter.to_old, AdapterCell.B_OLD, AdapterCell.B_B)
 
 
 def _point(result: RetrievalResult, fraction: float, items: int, sample_items: int, settings: PlanSettings) -> PlanPoint:
@@ -181,12 +194,11 @@ def _point(result: RetrievalResult, fraction: float, items: int, sample_items: i
 
 
 def _predict(evaluator: RetrievalEvaluator, old: FeatureSet, new: FeatureSet, positions: np.ndarray, n: int,
-             maps: tuple[GalleryMap, GalleryMap], settings: PlanSettings) -> tuple[list[PlanPoint], PlanPoint | None]:
+             deployment: _Deployment, settings: PlanSettings) -> tuple[list[PlanPoint], PlanPoint | None]:
     """The grid's points and the budget's point, on the sample."""
-    gallery_map, new_map = maps
     aligned = np.asarray(new.features[matched_rows(old, new, "backfill plan sample")])
-    queries = new_map(aligned)
-    before = gallery_map(np.asarray(old.features))
+    queries = deployment.new(aligned)
+    before = deployment.gallery(np.asarray(old.features))
     fractions = [float(b) for b in beta_grid(settings.points)]
     counts = [round(b * n) for b in fractions]
     if settings.budget is not None:
@@ -237,18 +249,20 @@ def plan_backfill(
         gallery = StoredFeatures.in_memory(gallery)
     stored = gallery if isinstance(gallery, StoredFeatures) else open_stored(gallery)
     _check_evaluator(evaluator, settings)
-    maps = _maps(settings, adapter, stored.dim, sample_new.dim)
+    if settings.budget is not None:
+        settings.budget.items(stored.n, where=f"the gallery ({stored.n} items)")
+    deployment = _deployment(settings, adapter, stored.dim, sample_new.dim)
     if sample_old.dim != stored.dim:
         raise CompatError(f"{sample_old.source}: the sample's old features are {sample_old.dim}-d but the gallery "
                           f"{stored.source} holds {stored.dim}-d features")
     work = Path(tmp_dir) if tmp_dir is not None else Path(csv_path).parent
     with tempfile.TemporaryDirectory(prefix=".compat-plan-", dir=work) as tmp:
-        order = write_plan_order(stored, settings.ordering, Path(csv_path), sample=sample_old, gallery_map=maps[0],
+        order = write_plan_order(stored, settings.ordering, Path(csv_path), sample=sample_old, gallery_map=deployment.gallery,
                                  seed=settings.seed, tmp_dir=Path(tmp), memory_budget=settings.memory_budget,
                                  progress=evaluator.progress)
-    points, budget = _predict(evaluator, sample_old, sample_new, order.positions, stored.n, maps[:2], settings)
-    return _assemble(stored, sample_old, sample_new, settings, evaluator, points, budget, maps, order, adapter,
-                     adapter_path)
+    points, budget = _predict(evaluator, sample_old, sample_new, order.positions, stored.n, deployment, settings)
+    return _assemble(stored, (sample_old, sample_new), settings, evaluator, points, budget, deployment, order,
+                     adapter, adapter_path)
 
 
 def _check_evaluator(evaluator: RetrievalEvaluator, settings: PlanSettings) -> None:
@@ -259,8 +273,11 @@ def _check_evaluator(evaluator: RetrievalEvaluator, settings: PlanSettings) -> N
                           f"(it computes {', '.join(evaluator.metric_names)})")
 
 
-def _assemble(stored, sample_old, sample_new, settings, evaluator, points, budget, maps, order, adapter,
-              adapter_path) -> BackfillPlan:
+def _assemble(stored: StoredFeatures, sample: tuple[FeatureSet, FeatureSet], settings: PlanSettings,
+              evaluator: RetrievalEvaluator, points: list[PlanPoint], budget: PlanPoint | None,
+              deployment: _Deployment, order: PlanOrder, adapter: Adapter | None,
+              adapter_path: str | None) -> BackfillPlan:
+    """The plan: the target's and the flattening's points found on the predicted curve."""
     metric = settings.target.metric if settings.target is not None else evaluator.metric_names[0]
     values = [p.values[metric].value for p in points]
     lows = [p.values[metric].low for p in points]
@@ -272,9 +289,9 @@ def _assemble(stored, sample_old, sample_new, settings, evaluator, points, budge
     flat = points[flattening_index(values, settings.flat_tolerance)]
     return BackfillPlan(
         gallery=stored.source, gallery_size=stored.n, gallery_meta=dict(stored.meta),
-        sample_sources=(sample_old.source, sample_new.source), sample_size=sample_old.n,
+        sample_sources=(sample[0].source, sample[1].source), sample_size=sample[0].n,
         queries=int(points[0].values[metric].n), adapter=None if adapter is None else adapter.info.label,
-        start=maps[2], end=maps[3], settings=settings, metrics=evaluator.metric_names, curve=tuple(points),
+        start=deployment.start, end=deployment.end, settings=settings, metrics=evaluator.metric_names, curve=tuple(points),
         budget=budget, target=target, target_confident=confident, flattening=flat, flat_metric=metric,
         runs=order.runs, max_difference=order.max_difference, adapter_path=adapter_path,
     )
