@@ -63,13 +63,20 @@ def _out_of(args: list[str]) -> Path:
 @click.option("--seed", type=options.SEED, default=0, show_default=True, help="Seed of the bootstrap.")
 @click.option("--promote", "promote_name", default=None, metavar="NAME",
               help="On a pass, register the candidate (model file or models:/ URI) as NAME and move @champion to it.")
+@click.option("--adapter", "adapter_path", type=click.Path(path_type=Path), default=None,
+              help="Deploy the candidate with this adapter file: its queries are B(new); logged with the promoted version.")
+@click.option("--gallery-space", default=None, metavar="ID",
+              help="Name the feature space of --old for the gallery ledger (default: the digest of its model file).")
+@click.option("--allow-space-change", is_flag=True,
+              help="Promote even though the live gallery holds a space the candidate was not gated against.")
 @click.option("--out", type=click.Path(path_type=Path), default=DEFAULT_OUT, show_default=True)
 @options.quiet
 @options.fail_cleanly
 def gate_command(old: str, new: str, chain: tuple[str, ...], independent: str | None, policy_path: Path | None,
                  dataset: str | None, data_root: str | None, split: str, batch_size: int, protocol: str,
                  similarity: str, dim_policy: str, backend: str, device: str, memory_budget: str, n_resamples: int,
-                 seed: int, promote_name: str | None, out: Path, quiet: bool) -> None:
+                 seed: int, promote_name: str | None, adapter_path: Path | None, gallery_space: str | None,
+                 allow_space_change: bool, out: Path, quiet: bool) -> None:
     """Decide whether the NEW model may replace the OLD one and query its gallery.
 
     Exit code 0: every required check of the policy passed; 1: one failed; 2: bad input; 3: a bug.
@@ -78,15 +85,7 @@ def gate_command(old: str, new: str, chain: tuple[str, ...], independent: str | 
     and the registry as it was.
     """
     from compat._files import check_output_dir
-    from compat.gate import (
-        ExtractionSpec,
-        SourceKind,
-        check_model_name,
-        load_policy,
-        load_source,
-        run_gate,
-        source_kind,
-    )
+    from compat.gate import SourceKind, check_model_name, load_policy, load_source, run_gate, source_kind
     from compat.retrieval.evaluator import RetrievalEvaluator
 
     with _no_verdict_on_failure(out):
@@ -99,17 +98,25 @@ def gate_command(old: str, new: str, chain: tuple[str, ...], independent: str | 
         policy = load_policy(policy_path)
         evaluator = RetrievalEvaluator(policy.metrics, protocol=protocol, similarity=similarity, backend=backend,
                                        device=device, memory_budget=memory_budget, progress=not quiet)
-        extraction = None
-        if dataset is not None:
-            extraction = ExtractionSpec(dataset, data_root, split, device=evaluator.device, batch_size=batch_size,
-                                        progress=not quiet)
+        extraction = options.extraction_spec(dataset, data_root, split, batch_size, evaluator.device, quiet)
         old_fs = load_source(old, option="--old", extraction=extraction)
         new_fs = load_source(new, option="--new", extraction=extraction)
         chain_fs = [load_source(src, option="--chain", extraction=extraction) for src in chain]
         ind_fs = load_source(independent, option="--independent", extraction=extraction) if independent else None
+        if adapter_path is not None:
+            from compat.gate.inputs import adapt_source
+
+            new_fs = adapt_source(new_fs, adapter_path, old_dim=old_fs.dim)
+            dim_policy = "truncate" if dim_policy == "error" else dim_policy  # B(new) meets old's first d coordinates
+        gated = None
+        if promote_name is not None:  # refuse before the gate runs, not after
+            from compat.gate.ledger import check_promotion, gated_spaces
+
+            gated = gated_spaces(old_fs, new_fs, chain_fs, gallery_space=gallery_space, adapter=adapter_path)
+            check_promotion(promote_name, gated, allow_space_change=allow_space_change)
         verdict = run_gate(old_fs, new_fs, policy, chain=chain_fs, independent=ind_fs, evaluator=evaluator,
                            dim_policy=dim_policy, n_resamples=n_resamples, seed=seed, progress=not quiet)
-        _report(verdict, new, promote_name, out)
+        _report(verdict, new, promote_name, out, gated=gated, allow_space_change=allow_space_change)
     if not verdict.passed:
         sys.exit(EXIT_GATE_FAILED)
 
@@ -126,17 +133,21 @@ def _no_verdict_on_failure(out: Path) -> Iterator[None]:
         raise
 
 
-def _report(verdict, candidate: str, promote_name: str | None, out: Path) -> None:
-    """Write the reports; then, for a passing candidate and --promote, promote it and record the
-    promotion in the reports (taken back if they cannot be written); print; append the step summary."""
-    from compat.gate import append_step_summary, promote, render_markdown, undo_promotion, write_reports
+def _report(verdict, candidate: str, promote_name: str | None, out: Path, *, gated=None,
+            allow_space_change: bool = False) -> None:
+    """Write the reports; then, for a passing candidate and --promote, promote it with the gallery
+    ledger and record the promotion in the reports (taken back if they cannot be written); print;
+    append the step summary."""
+    from compat.gate import append_step_summary, render_markdown, undo_promotion, write_reports
+    from compat.gate.ledger import promote_gated
 
     write_reports(verdict, out)  # the verdict is on disk before the registry is touched
     promotion = None
     if verdict.passed and promote_name is not None:
         tags = {"compat.gate": "passed", **{f"compat.gate.{c.name}": f"{c.value}" for c in verdict.checks
                                             if c.value is not None}}
-        done = promote(promote_name, candidate, tags=tags)  # undoes its own steps if one fails
+        done = promote_gated(promote_name, candidate, gated, tags=tags,  # undoes its own steps if one fails
+                             allow_space_change=allow_space_change)
         promotion = done.to_json()
         try:
             write_reports(verdict, out, promotion=promotion)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -287,6 +287,7 @@ def promote(
     alias: str = CHAMPION,
     previous_alias: str = PREVIOUS,
     tracking_uri: str | None = None,
+    on_version: Callable[[str], None] | None = None,
 ) -> Promotion:
     """Make ``candidate`` the ``alias`` (``champion``) version of registered model ``name``.
 
@@ -299,6 +300,8 @@ def promote(
             as metric names are (:func:`compat.tracking.metric_key`).
         alias, previous_alias: the alias moved to the candidate, and the one given to the version
             that held it before (unless that is the candidate itself).
+        on_version: called with the version (registered and tagged) before any alias moves; if it
+            raises, nothing moves (the gallery ledger records there, :mod:`compat.gate.ledger`).
 
     Returns:
         What moved. If a step fails (or Ctrl-C arrives), the steps already made are undone, so the
@@ -312,6 +315,9 @@ def promote(
     journal = Journal()
     try:
         version = _candidate_version(client, name, candidate, tags, journal)
+        if on_version is not None:
+            _restorable_tags(client, name, version, journal)  # what on_version tags is taken back with the rest
+            on_version(version)
         with _registry_errors(f"registered model {name!r}"):
             before = _current(client, name, alias)
             if before is not None and before != version:
@@ -348,6 +354,22 @@ def _candidate_version(client, name: str, candidate: str | os.PathLike[str], tag
                 client.set_model_version_tag(name, found.version, k, old_tags[k]) if k in old_tags
                 else client.delete_model_version_tag(name, found.version, k)))
         return found.version
+
+
+def _restorable_tags(client, name: str, version: str, journal: Journal) -> None:
+    """Record how to put the version's tags back as they are now."""
+    with _registry_errors(f"registered model {name!r}"):
+        before = dict(client.get_model_version(name, version).tags)
+
+    def restore() -> None:
+        now = dict(client.get_model_version(name, version).tags)
+        for key in now.keys() - before.keys():
+            client.delete_model_version_tag(name, version, key)
+        for key, value in before.items():
+            if now.get(key) != value:
+                client.set_model_version_tag(name, version, key, value)
+
+    journal.add(f"tags of version {version}", restore)
 
 
 def _move_alias(client, name: str, alias: str, version: str, journal: Journal) -> None:

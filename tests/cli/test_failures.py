@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import click
@@ -85,7 +86,7 @@ def test_a_file_that_cannot_be_written_is_exit_2_not_a_bug(chain, tmp_path, monk
 def test_the_entry_point_maps_what_escapes_a_command(monkeypatch, capsys, tmp_path, raised, code, line) -> None:
     monkeypatch.setattr(cli_module.cli, "main", lambda **kwargs: (_ for _ in ()).throw(raised))
     monkeypatch.setattr(sys, "argv", ["compat", "eval"])
-    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the log of a bug outside a command goes
     with pytest.raises(SystemExit) as info:
         cli_module.main()
     assert info.value.code == code

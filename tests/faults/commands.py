@@ -88,6 +88,20 @@ def _adapt(i: Inputs, v: dict[Slot, str], out: Path) -> list[str]:
             "--out", _pick(v, Slot.OUT_FILE, out / "adapter.npz"), "--device", "cpu"]
 
 
+def _plan_backfill(i: Inputs, v: dict[Slot, str], out: Path) -> list[str]:
+    return ["plan-backfill", "--gallery", str(i.features), "--old", _pick(v, Slot.FEATURES, i.features),
+            "--new", str(i.other_features), "--ordering", "random", "--budget", "20%", "--out",
+            _pick(v, Slot.OUT_DIR, out), "--device", "cpu", "--n-resamples", "100"]
+
+
+def _backfill(i: Inputs, v: dict[Slot, str], out: Path) -> list[str]:
+    return ["backfill", "record", "models:/prod@champion", "--done", "10"]
+
+
+def _status(i: Inputs, v: dict[Slot, str], out: Path) -> list[str]:
+    return ["status", "models:/prod"]
+
+
 def _demo(i: Inputs, v: dict[Slot, str], out: Path) -> list[str]:
     return ["demo", "--out", _pick(v, Slot.OUT_DIR, out), "--device", "cpu"]
 
@@ -100,5 +114,9 @@ COMMANDS = {c.name: c for c in (
     Command("train", _train, frozenset({Slot.RECIPE, Slot.OUT_DIR}), "compat.train.train_chain"),
     Command("extract", _extract, frozenset({Slot.MODEL, Slot.OUT_FILE}), "compat.models.extract_model_file"),
     Command("adapt", _adapt, frozenset({Slot.FEATURES, Slot.OUT_FILE}), "compat.adapters.fit.fit_adapter"),
+    Command("plan-backfill", _plan_backfill, frozenset({Slot.FEATURES, Slot.OUT_DIR}),
+            "compat.adapters.plan_report.write_plan"),
+    Command("backfill", _backfill, frozenset(), "compat.gate.ledger.record_backfill"),
+    Command("status", _status, frozenset(), "compat.gate.ledger.gallery_status"),
     Command("demo", _demo, frozenset({Slot.OUT_DIR}), "compat.demo.run_demo"),
 )}

@@ -351,13 +351,17 @@ OPTION_FAULTS = [
     _option("adapt", "negative-seed", ["--seed", "-1"], ("--seed",)),
     _option("extract", "unknown-dataset", ["--data", "nope"], ("dataset", "nope")),
     _option("demo", "negative-seed", ["--seed", "-1"], ("--seed",)),
+    _option("plan-backfill", "negative-seed", ["--seed", "-1"], ("--seed",)),
+    _option("plan-backfill", "both-budget-and-target", ["--target", "cmc@1>=0.9"], ("--budget / --target",)),
+    _option("backfill", "done-not-a-count-or-file", ["--done", "/nonexistent/ids.txt"],
+            ("--done", "expected a number of items or a file of ids")),
     _option("train", "set-not-key-value", ["--set", "train.epochs"], ("--set", "key=value")),
     _option("train", "set-eval-batch-size-0", ["--set", "train.eval_batch_size=0"], ("train.eval_batch_size",)),
     _option("train", "set-num-workers-negative", ["--set", "data.num_workers=-1"], ("data.num_workers",)),
 ]
 
 RUN_FAULTS = [
-    Fault("run:a-bug", Slot.RUN, None, ("compat: internal error: RuntimeError: injected", "compat-error.log"),
+    Fault("run:a-bug", Slot.RUN, None, ("compat: internal error: RuntimeError: injected", "compat-error"),
           exit=3, raises=RuntimeError("injected")),
     Fault("run:ctrl-c", Slot.RUN, None, ("compat: interrupted",), exit=130, raises=KeyboardInterrupt()),
     Fault("run:disk-full", Slot.RUN, None, ("No space left on device",),

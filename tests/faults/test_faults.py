@@ -4,6 +4,7 @@ input, no partial output, no earlier verdict left behind (docs/reliability.md)."
 from __future__ import annotations
 
 import json
+import tempfile
 import threading
 from pathlib import Path
 
@@ -61,6 +62,7 @@ def _inject(monkeypatch: pytest.MonkeyPatch, entry: str, raises: BaseException) 
 def test_a_fault_exits_with_its_code_and_one_line(fault: Fault, command: str, inputs: Inputs, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     cmd = COMMANDS[command]
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # a bug's log, for a command without --out
     out, work = tmp_path / "out", tmp_path / "work"
     work.mkdir()
     values: dict[Slot, str] = {}
