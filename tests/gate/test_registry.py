@@ -100,6 +100,8 @@ def test_registry_bad_inputs(models, tmp_path, registry) -> None:
 
 
 def _registered(client, name: str) -> tuple[list[str], dict[str, str]]:
+    """The versions and aliases of ``name``; its tags (the gallery ledger's) must be as the fixture left them."""
+    assert client.get_registered_model(name).tags == {}, client.get_registered_model(name).tags
     return sorted(str(v.version) for v in client.search_model_versions(f"name='{name}'")), aliases(client, name)
 
 
