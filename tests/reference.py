@@ -46,3 +46,55 @@ def loo_reference(query, q_labels, q_ids, gallery, g_labels, g_ids, ks=(1, 5), s
     out["map"] = float(np.mean(aps))
     out["map@r"] = float(np.mean(aprs))
     return out, without
+
+
+def query_gallery_reference(query, q_labels, q_ids, gallery, g_labels, g_ids, *, ks=(1, 5), similarity="cosine",
+                            q_groups=None, g_groups=None, same_group=False, qrels=None):
+    """The query-gallery protocol by ranking each query's whole gallery explicitly.
+
+    ``qrels``: ``(query_id, gallery_id, "positive" | "junk")`` rows, or None for label relevance.
+    Returns the per-metric averages, the number of queries without a positive, and each query's top-1
+    gallery index (-1 when everything is ignored) and whether it is a positive.
+    """
+    scores = score_matrix(query, gallery, similarity)
+    table = {}
+    for qid, gid, rel in qrels or ():
+        table[(str(qid), str(gid))] = rel
+    cmc = {k: [] for k in ks}
+    aps, aprs, top1, hit1 = [], [], [], []
+    without = 0
+    for qi in range(len(query)):
+        def relevance(g):
+            if qrels is None:
+                rel = "positive" if g_labels[g] == q_labels[qi] else None
+            else:
+                rel = table.get((str(q_ids[qi]), str(g_ids[g])))
+            if rel == "positive" and same_group and g_groups[g] == q_groups[qi]:
+                return "junk"
+            return rel
+        kept = [g for g in range(len(gallery)) if relevance(g) != "junk"]
+        ranked = sorted(kept, key=lambda g: (-scores[qi, g], g))
+        rel = [relevance(g) == "positive" for g in ranked]
+        top1.append(ranked[0] if ranked else -1)
+        hit1.append(bool(rel[0]) if rel else False)
+        n_pos = sum(rel)
+        if n_pos == 0:
+            without += 1
+            hit1[-1] = False
+            continue
+        first = rel.index(True) + 1
+        for k in ks:
+            cmc[k].append(1.0 if first <= k else 0.0)
+        hits, precisions, prec_r = 0, [], 0.0
+        for rank, r in enumerate(rel, start=1):
+            if r:
+                hits += 1
+                precisions.append(hits / rank)
+                if rank <= n_pos:
+                    prec_r += hits / rank
+        aps.append(np.mean(precisions))
+        aprs.append(prec_r / n_pos)
+    out = {f"cmc@{k}": float(np.mean(v)) if v else 0.0 for k, v in cmc.items()}
+    out["map"] = float(np.mean(aps)) if aps else 0.0
+    out["map@r"] = float(np.mean(aprs)) if aprs else 0.0
+    return out, without, np.array(top1), np.array(hit1)

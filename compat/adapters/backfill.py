@@ -150,6 +150,8 @@ def backfill_curve(
     ordering: str,
     betas: Sequence[float],
     ends: tuple[dict[str, float], dict[str, float]] | None = None,
+    query_groups: np.ndarray | None = None,
+    gallery_groups: np.ndarray | None = None,
 ) -> BackfillCurve:
     """Evaluate the queries against the gallery backfilled in ``order`` at every ``beta``.
 
@@ -165,6 +167,7 @@ def backfill_curve(
         betas: fractions in [0, 1].
         ends: the metrics of the whole ``before`` and whole ``after`` galleries, when already
             known (they do not depend on the ordering): used at beta = 0 and beta = 1.
+        query_groups, gallery_groups: (Nq,), (N,) groups, for the query-gallery protocol's exclusion.
     """
     n = len(before)
     values: dict[str, list[float]] = {m: [] for m in evaluator.metric_names}
@@ -177,7 +180,8 @@ def backfill_curve(
         else:
             gallery = mix_gallery(before, after, order[:k])
             known = evaluator.evaluate_arrays(queries, query_labels, query_ids, gallery, gallery_labels, gallery_ids,
-                                              where=f"backfill {ordering} beta={beta:.2f}").values
+                                              where=f"backfill {ordering} beta={beta:.2f}", query_groups=query_groups,
+                                              gallery_groups=gallery_groups).values
         for m, curve in values.items():
             curve.append(known[m])
     area = {m: trapezoid_area(betas, v) for m, v in values.items()}

@@ -17,18 +17,26 @@ __all__ = ["gate_command"]
 
 @click.command("gate")
 @click.option("--old", required=True, metavar="SOURCE",
-              help="Production model: features (.npz or .npy directory), a model file (.pt) or models:/NAME@ALIAS.")
+              help="Production model: features (.npz or .npy directory), a model file (.pt), models:/NAME@ALIAS, "
+              "torchscript:PATH or python:package.module:function (the last two need --trust-model-code).")
 @click.option("--new", required=True, metavar="SOURCE", help="Candidate model, in any form that --old accepts.")
+@click.option("--old-query", default=None, metavar="SOURCE",
+              help="Production model's query features (query-gallery: required; --old is then its gallery).")
+@click.option("--new-query", default=None, metavar="SOURCE", help="Candidate's query features (query-gallery).")
 @click.option("--chain", multiple=True, metavar="SOURCE",
               help="An older gallery still in the index, oldest first (repeat); used by max_drop checks.")
 @click.option("--independent", default=None, metavar="SOURCE",
               help="A model trained without compatibility: the reference of update_gain checks.")
+@click.option("--independent-query", default=None, metavar="SOURCE", help="Its query features (query-gallery).")
 @click.option("--policy", "policy_path", type=click.Path(path_type=Path), default=None,
               help="Gate policy YAML (default: the packaged default policy, the same as configs/gate/default.yaml).")
 @click.option("--dataset", default=None, help="Dataset that model sources are embedded on (e.g. mnist, mnist-mini).")
 @options.extraction
-@click.option("--protocol", type=click.Choice([Protocol.LOO.value, Protocol.TEMPLATE.value]),
-              default=Protocol.LOO.value, show_default=True, help="The gate needs per-query values: loo or template.")
+@options.model_code
+@click.option("--protocol", type=click.Choice([p.value for p in Protocol if p is not Protocol.PAIRS]),
+              default=Protocol.LOO.value, show_default=True,
+              help="The gate needs per-query values: loo, query-gallery or template.")
+@options.relevance
 @options.evaluator_options
 @click.option("--n-resamples", type=click.IntRange(min=1), default=DEFAULT_RESAMPLES, show_default=True,
               help="Bootstrap resamples per check.")
@@ -38,10 +46,13 @@ __all__ = ["gate_command"]
 @click.option("--out", type=click.Path(path_type=Path), default=Path("gate-report"), show_default=True)
 @options.quiet
 @options.fail_cleanly
-def gate_command(old: str, new: str, chain: tuple[str, ...], independent: str | None, policy_path: Path | None,
-                 dataset: str | None, data_root: str | None, split: str, batch_size: int, protocol: str,
-                 similarity: str, dim_policy: str, backend: str, device: str, memory_budget: str, n_resamples: int,
-                 seed: int, promote_name: str | None, out: Path, quiet: bool) -> None:
+def gate_command(old: str, new: str, old_query: str | None, new_query: str | None, chain: tuple[str, ...],
+                 independent: str | None, independent_query: str | None, policy_path: Path | None,
+                 dataset: str | None, data_root: str | None, split: str, batch_size: int, trust_model_code: bool,
+                 preset: str | None, image_size: int | None, resize: int | None, mean: tuple[float, ...] | None,
+                 std: tuple[float, ...] | None, protocol: str, qrels: Path | None, exclude: str, similarity: str,
+                 dim_policy: str, backend: str, device: str, memory_budget: str, n_resamples: int, seed: int,
+                 promote_name: str | None, out: Path, quiet: bool) -> None:
     """Decide whether the NEW model may replace the OLD one and query its gallery.
 
     Exit code 0: every required check of the policy passed; 1: one failed; 2: bad input.
@@ -49,23 +60,33 @@ def gate_command(old: str, new: str, chain: tuple[str, ...], independent: str | 
     """
     from compat.gate import ExtractionSpec, SourceKind, load_policy, load_source, run_gate, source_kind
     from compat.retrieval.evaluator import RetrievalEvaluator
+    from compat.retrieval.qrels import load_qrels
 
-    if promote_name is not None and source_kind(new) is SourceKind.FEATURES:
-        raise CompatError(f"--promote: the candidate {new} is a feature set; promotion needs a model file (.pt) "
+    if promote_name is not None and source_kind(new) not in (SourceKind.MODEL, SourceKind.REGISTRY):
+        what = "a feature set" if source_kind(new) is SourceKind.FEATURES else "a model compat did not train"
+        raise CompatError(f"--promote: the candidate {new} is {what}; promotion needs a compat model file (.pt) "
                           "or a models:/ URI as --new")
     policy = load_policy(policy_path)
     evaluator = RetrievalEvaluator(policy.metrics, protocol=protocol, similarity=similarity, backend=backend,
-                                   device=device, memory_budget=memory_budget, progress=not quiet)
+                                   device=device, memory_budget=memory_budget, progress=not quiet, exclude=exclude,
+                                   qrels=load_qrels(qrels) if qrels is not None else None)
+    preprocessing = options.preprocessing_of(preset, image_size, resize, mean, std)
     extraction = None
     if dataset is not None:
         extraction = ExtractionSpec(dataset, data_root, split, device=evaluator.device, batch_size=batch_size,
-                                    progress=not quiet)
-    old_fs = load_source(old, option="--old", extraction=extraction)
-    new_fs = load_source(new, option="--new", extraction=extraction)
-    chain_fs = [load_source(src, option="--chain", extraction=extraction) for src in chain]
-    ind_fs = load_source(independent, option="--independent", extraction=extraction) if independent else None
-    verdict = run_gate(old_fs, new_fs, policy, chain=chain_fs, independent=ind_fs, evaluator=evaluator,
-                       dim_policy=dim_policy, n_resamples=n_resamples, seed=seed, progress=not quiet)
+                                    progress=not quiet, preprocessing=preprocessing)
+
+    def load(source: str | None, option: str):
+        if source is None:
+            return None
+        return load_source(source, option=option, extraction=extraction, trust_model_code=trust_model_code)
+
+    sets = {name: load(source, f"--{name.replace('_', '-')}") for name, source in (
+        ("old", old), ("new", new), ("old_query", old_query), ("new_query", new_query), ("independent", independent),
+        ("independent_query", independent_query))}
+    chain_fs = [load(src, "--chain") for src in chain]
+    verdict = run_gate(sets.pop("old"), sets.pop("new"), policy, chain=chain_fs, evaluator=evaluator,
+                       dim_policy=dim_policy, n_resamples=n_resamples, seed=seed, progress=not quiet, **sets)
     _report(verdict, new, promote_name, out)
     if not verdict.passed:
         sys.exit(EXIT_GATE_FAILED)
@@ -81,6 +102,8 @@ def _report(verdict, candidate: str, promote_name: str | None, out: Path) -> Non
                                             if c.value is not None}}
         promotion = promote(promote_name, candidate, tags=tags).to_json()
     write_reports(verdict, out, promotion=promotion)
+    for warning in verdict.warnings:
+        click.echo(f"compat: warning: {warning}", err=True)
     markdown = render_markdown(verdict, promotion)
     click.echo(markdown, nl=False)
     try:

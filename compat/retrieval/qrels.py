@@ -1,0 +1,177 @@
+"""Relevance files ("qrels"): for each query, the gallery items that are positives and those that are junk.
+
+A qrels file is a CSV with the header ``query_id,gallery_id,relevance``; ``relevance`` is
+``positive`` or ``junk``. Under the query-gallery protocol it replaces label relevance: listed
+positives are a query's positives, listed junk is removed from its ranking (as in the revisited
+Oxford and Paris Medium and Hard protocols), every other gallery item is a negative.
+
+Ids are read as text and compared with the feature sets' ids of the same kind: as integers when the
+feature sets' ids are integers, as strings otherwise. The file is validated when it is read (header,
+three fields per row, relevance values, no repeated ``(query_id, gallery_id)`` pair) and against the
+feature sets before anything is evaluated (:func:`check_qrels_ids`); every message names the file
+and the line.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+
+from compat.errors import CompatError
+
+__all__ = ["QRELS_HEADER", "Qrels", "Relevance", "check_qrels_ids", "load_qrels"]
+
+QRELS_HEADER = ("query_id", "gallery_id", "relevance")
+
+
+class Relevance(str, Enum):
+    POSITIVE = "positive"
+    JUNK = "junk"
+
+
+@dataclass(frozen=True, eq=False)
+class Qrels:
+    """The rows of a relevance file.
+
+    Attributes:
+        query_ids, gallery_ids: (R,) ids as text.
+        positive: (R,) bool; ``False`` rows are junk.
+        lines: (R,) the 1-based line of each row in the file (the header is line 1).
+        source: the file, for messages.
+    """
+
+    query_ids: np.ndarray
+    gallery_ids: np.ndarray
+    positive: np.ndarray
+    lines: np.ndarray
+    source: str = "<memory>"
+    _converted: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = field(
+        default_factory=dict, init=False, repr=False
+    )
+
+    def __len__(self) -> int:
+        return len(self.positive)
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[tuple[object, object, str]], *, source: str = "<memory>") -> Qrels:
+        """From ``(query_id, gallery_id, relevance)`` tuples, validated as a file's rows would be."""
+        q, g, rel = (list(c) for c in zip(*rows, strict=True)) if rows else ([], [], [])
+        return _build([str(x) for x in q], [str(x) for x in g], list(rel), list(range(2, len(q) + 2)), source)
+
+    def ids_as(self, column: str, kind: str) -> tuple[np.ndarray, np.ndarray]:
+        """A column's ids converted to the kind of a feature set's ids (``"i"``: int64, ``"U"``: text).
+
+        Returns:
+            The converted ids and a mask of the rows whose id can be of that kind (an id that is not
+            an integer can match no integer id).
+        """
+        if (column, kind) not in self._converted:  # converted once per column and kind, then reused
+            self._converted[(column, kind)] = _convert(self.query_ids if column == "query" else self.gallery_ids,
+                                                       kind)
+        return self._converted[(column, kind)]
+
+
+def _convert(text: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    if kind == "U":
+        return text, np.ones(len(text), dtype=bool)
+    body = np.char.lstrip(text, "-")
+    length = np.char.str_len(text)
+    valid = np.char.isdigit(body) & (np.char.str_len(body) >= length - 1) & (length <= 18)
+    out = np.full(len(text), -1, dtype=np.int64)
+    out[valid] = text[valid].astype(np.int64)
+    return out, valid
+
+
+def load_qrels(path: str | os.PathLike[str]) -> Qrels:
+    """Read and validate a relevance file.
+
+    Raises:
+        CompatError: the file is missing or unreadable, its header is not ``query_id,gallery_id,relevance``,
+            a row has not three fields or an empty id, a relevance value is not ``positive`` / ``junk``,
+            or a ``(query_id, gallery_id)`` pair is listed twice; the message names the line.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CompatError(f"{p}: no such relevance file")
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CompatError(f"{p}: not a readable UTF-8 CSV file ({exc})") from None
+    reader = csv.reader(text.splitlines())
+    header = next(reader, None)
+    if header is None or tuple(h.strip() for h in header) != QRELS_HEADER:
+        raise CompatError(f"{p}:1: expected the header {','.join(QRELS_HEADER)}, got {','.join(header or [])!r}")
+    q: list[str] = []
+    g: list[str] = []
+    rel: list[str] = []
+    lines: list[int] = []
+    for row in reader:
+        if not row:
+            continue
+        if len(row) != 3:
+            raise CompatError(f"{p}:{reader.line_num}: expected 3 fields (query_id,gallery_id,relevance), "
+                              f"got {len(row)}")
+        q.append(row[0].strip())
+        g.append(row[1].strip())
+        rel.append(row[2].strip())
+        lines.append(reader.line_num)
+    return _build(q, g, rel, lines, str(p))
+
+
+def _build(q: list[str], g: list[str], rel: list[str], lines: list[int], source: str) -> Qrels:
+    if not q:
+        raise CompatError(f"{source}: no rows after the header; expected {','.join(QRELS_HEADER)} rows")
+    line = np.asarray(lines, dtype=np.int64)
+    query_ids, gallery_ids = np.asarray(q, dtype=str), np.asarray(g, dtype=str)
+    for name, ids in (("query_id", query_ids), ("gallery_id", gallery_ids)):
+        empty = np.flatnonzero(np.char.str_len(ids) == 0)
+        if len(empty):
+            raise CompatError(f"{source}:{line[empty[0]]}: empty {name}")
+    values = np.asarray(rel, dtype=str)
+    positive = values == Relevance.POSITIVE.value
+    bad = np.flatnonzero(~positive & (values != Relevance.JUNK.value))
+    if len(bad):
+        raise CompatError(f"{source}:{line[bad[0]]}: unknown relevance {values[bad[0]]!r}; expected positive or junk")
+    order = np.lexsort((gallery_ids, query_ids))
+    same = (query_ids[order][1:] == query_ids[order][:-1]) & (gallery_ids[order][1:] == gallery_ids[order][:-1])
+    if same.any():
+        repeats = order[1:][same]  # the stable sort keeps a pair's earlier line first
+        r = repeats[np.argmin(line[repeats])]
+        first = line[np.flatnonzero((query_ids == query_ids[r]) & (gallery_ids == gallery_ids[r]))[0]]
+        raise CompatError(f"{source}:{line[r]}: duplicate row for query {query_ids[r]!r} and gallery "
+                          f"{gallery_ids[r]!r} (first on line {first})")
+    return Qrels(query_ids, gallery_ids, positive, line, source)
+
+
+def check_qrels_ids(qrels: Qrels, query_ids: Sequence[np.ndarray], gallery_ids: Sequence[np.ndarray]) -> None:
+    """Every query id of the file is in one of the query sets, every gallery id in one of the galleries.
+
+    Raises:
+        CompatError: naming the line of the first row with an unknown id.
+    """
+    for column, sets, what in (("query", query_ids, "query"), ("gallery", gallery_ids, "gallery")):
+        found = np.zeros(len(qrels), dtype=bool)
+        for ids in sets:
+            found |= resolve_ids(qrels, column, ids) >= 0
+        if not found.all():
+            r = int(np.flatnonzero(~found)[np.argmin(qrels.lines[~found])])
+            value = (qrels.query_ids if column == "query" else qrels.gallery_ids)[r]
+            raise CompatError(f"{qrels.source}:{qrels.lines[r]}: {what} id {str(value)!r} is in no {what} "
+                              "feature set")
+
+
+def resolve_ids(qrels: Qrels, column: str, ids: np.ndarray) -> np.ndarray:
+    """Index into ``ids`` of each row's id in ``column`` (``"query"`` or ``"gallery"``), -1 when absent."""
+    kind = "U" if ids.dtype.kind == "U" else "i"
+    wanted, valid = qrels.ids_as(column, kind)
+    order = np.argsort(ids, kind="stable")
+    pos = np.minimum(np.searchsorted(ids, wanted, sorter=order), len(ids) - 1)
+    idx = order[pos]
+    found = valid & (ids[idx] == wanted)
+    return np.where(found, idx, -1).astype(np.int64)
