@@ -64,7 +64,7 @@ def query_gallery_reference(query, q_labels, q_ids, gallery, g_labels, g_ids, *,
     aps, aprs, top1, hit1 = [], [], [], []
     without = 0
     for qi in range(len(query)):
-        def relevance(g):
+        def relevance(g, qi=qi):
             if qrels is None:
                 rel = "positive" if g_labels[g] == q_labels[qi] else None
             else:

@@ -156,8 +156,8 @@ def render_flips(flips: Sequence[FlipRate]) -> list[str]:
     return [
         "## Flips",
         "",
-        "Queries correct at top-1 in the reference cell and wrong in the cell (negative flips), and the reverse "
-        "(positive flips), in percent of the queries with a positive in both; the queries are listed in flips.csv.",
+        ("Queries correct at top-1 in the reference cell and wrong in the cell (negative flips), and the reverse "
+         "(positive flips), in percent of the queries with a positive in both; the queries are listed in flips.csv."),
         "",
         *table(["cell", "against", "queries", "negative flips", "positive flips"], rows),
         "",
@@ -213,8 +213,8 @@ def render_classes(view: ClassView | None, limit: int = CLASS_ROWS_SHOWN) -> lis
     head = [
         "## Classes that lost most",
         "",
-        f"CMC@1 per query class, {escape(view.cell)} against {escape(view.against)}, over the queries with a "
-        "positive in both: the slices to look at before a release.",
+        (f"CMC@1 per query class, {escape(view.cell)} against {escape(view.against)}, over the queries with a "
+         "positive in both: the slices to look at before a release."),
         "",
     ]
     if not dropped:

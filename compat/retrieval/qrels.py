@@ -137,15 +137,15 @@ def _build(q: list[str], g: list[str], rel: list[str], lines: list[int], source:
     positive = values == Relevance.POSITIVE.value
     bad = np.flatnonzero(~positive & (values != Relevance.JUNK.value))
     if len(bad):
-        raise CompatError(f"{source}:{line[bad[0]]}: unknown relevance {values[bad[0]]!r}; expected positive or junk")
+        raise CompatError(f"{source}:{line[bad[0]]}: unknown relevance {str(values[bad[0]])!r}; expected positive or junk")
     order = np.lexsort((gallery_ids, query_ids))
     same = (query_ids[order][1:] == query_ids[order][:-1]) & (gallery_ids[order][1:] == gallery_ids[order][:-1])
     if same.any():
         repeats = order[1:][same]  # the stable sort keeps a pair's earlier line first
         r = repeats[np.argmin(line[repeats])]
         first = line[np.flatnonzero((query_ids == query_ids[r]) & (gallery_ids == gallery_ids[r]))[0]]
-        raise CompatError(f"{source}:{line[r]}: duplicate row for query {query_ids[r]!r} and gallery "
-                          f"{gallery_ids[r]!r} (first on line {first})")
+        raise CompatError(f"{source}:{line[r]}: duplicate row for query {str(query_ids[r])!r} and gallery "
+                          f"{str(gallery_ids[r])!r} (first on line {first})")
     return Qrels(query_ids, gallery_ids, positive, line, source)
 
 

@@ -31,6 +31,9 @@ from compat.retrieval.ranking import positive_ranks_numpy, positive_ranks_torch
 
 __all__ = ["Exclude", "Judgements", "SparseRows", "judge", "query_gallery"]
 
+# Up to this many ignored items per query, the top-k search asks every query for k + the most any ignores.
+_ONE_SEARCH = 64
+
 
 class Exclude(str, Enum):
     """Which gallery items a query ignores (neither positive nor negative)."""
@@ -231,9 +234,15 @@ def query_gallery(
 
 
 def _buckets(ignored: np.ndarray):
-    """Queries grouped by the power of two at or above their number of ignored items: ``(rows, extra)``."""
-    extra = np.where(ignored > 0, 2 ** np.ceil(np.log2(np.maximum(ignored, 1))), 0).astype(np.int64)
-    for value in np.unique(extra):
+    """Queries grouped by the extra neighbours they need, ``(rows, extra)``: one group when no query
+    ignores more than ``_ONE_SEARCH`` items (one search is cheaper than several small ones), else by the
+    power of two at or above each query's number of ignored items, all small ones together."""
+    most = int(ignored.max(initial=0))
+    if most <= _ONE_SEARCH:
+        yield np.arange(len(ignored)), most
+        return
+    extra = np.where(ignored > _ONE_SEARCH, 2 ** np.ceil(np.log2(np.maximum(ignored, 1))), _ONE_SEARCH)
+    for value in np.unique(extra.astype(np.int64)):
         yield np.flatnonzero(extra == value), int(value)
 
 
