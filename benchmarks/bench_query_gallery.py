@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--identities", type=int, default=5_000)
     parser.add_argument("--cameras", type=int, default=6)
-    parser.add_argument("--noise", type=float, default=1.3, help="norm of an item's noise (its centre has norm 1)")
+    parser.add_argument("--noise", type=float, default=2.5, help="norm of an item's noise (its centre has norm 1)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--qrels-rows", type=int, default=1_000_000)

@@ -313,7 +313,9 @@ def run_gate(
     models = {OLD: old, NEW: new, **dict(zip(older[:-1], chain, strict=True))}
     if independent is not None:
         models[INDEPENDENT] = independent
-    given = {OLD: old_query, NEW: new_query, INDEPENDENT: independent_query if independent is not None else None}
+    if independent_query is not None and independent is None:
+        raise CompatError("--independent-query: needs --independent (the independent model's gallery)")
+    given = {OLD: old_query, NEW: new_query, INDEPENDENT: independent_query}
     queries = {label: fs for label, fs in given.items() if fs is not None}
     _check_queries(evaluator, models, queries)
     cells = _Cells(models, evaluator, dims, queries)

@@ -15,6 +15,7 @@ from compat.cli import cli
 from compat.compatibility import Version, evaluate_chain
 from compat.features import FeatureSet, load_features, save_features
 from compat.retrieval import RetrievalEvaluator, load_qrels
+from tests.paths import EXAMPLES
 
 IDS, CAMS, D = 40, 4, 12
 
@@ -161,3 +162,32 @@ def test_bad_inputs_exit_2_with_one_line_and_no_output(reid, tmp_path: Path, cas
     for text in expect:
         assert text in lines[0], (text, lines[0])
     assert result.stdout == ""
+
+
+def test_shipped_examples_regenerate_and_give_the_readme_numbers(tmp_path: Path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_retrieval_examples", EXAMPLES / "make_retrieval_examples.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(tmp_path)
+    for shipped in sorted((EXAMPLES / "reid").glob("*.npz")) + sorted((EXAMPLES / "landmarks").glob("*.npz")):
+        a, b = load_features(shipped), load_features(tmp_path / shipped.parent.name / shipped.name)
+        assert np.array_equal(a.features, b.features) and np.array_equal(a.ids, b.ids), shipped
+    assert (tmp_path / "landmarks" / "qrels.csv").read_text() == (EXAMPLES / "landmarks" / "qrels.csv").read_text()
+    out = tmp_path / "reid-report"
+    result = invoke("--protocol", "query-gallery", "--exclude", "same-group",
+                    *[x for v in ("v1", "v2") for x in ("--version", f"{v}={EXAMPLES}/reid/{v}-gallery.npz",
+                                                        "--query", f"{v}={EXAMPLES}/reid/{v}-query.npz")],
+                    "--metric", "cmc@1", "--metric", "map", "--out", out)
+    assert result.exit_code == 0, (result.output, result.exception)
+    doc = json.loads((out / "compat.json").read_text(encoding="utf-8"))
+    assert doc["metrics"]["cmc@1"] == [[0.415, None], [0.75, 0.945]]
+    assert doc["flips"]["v2_on_v1"] == {"negative": 0.03, "positive": 0.365, "n": 200, "against": "v1_on_v1"}
+    result = invoke("--protocol", "query-gallery", "--qrels", EXAMPLES / "landmarks" / "qrels.csv",
+                    *[x for v in ("v1", "v2") for x in ("--version", f"{v}={EXAMPLES}/landmarks/{v}-gallery.npz",
+                                                        "--query", f"{v}={EXAMPLES}/landmarks/{v}-query.npz")],
+                    "--metric", "cmc@1", "--metric", "map", "--out", tmp_path / "landmarks-report")
+    assert result.exit_code == 0, (result.output, result.exception)
+    doc = json.loads((tmp_path / "landmarks-report" / "compat.json").read_text(encoding="utf-8"))
+    assert [round(100 * v, 2) for v in (doc["metrics"]["map"][0][0], doc["metrics"]["map"][1][0])] == [50.55, 54.25]
