@@ -15,6 +15,23 @@ def score_matrix(query: np.ndarray, gallery: np.ndarray, similarity: str = "cosi
     return -np.array([[np.sum((a - b) ** 2) for b in g] for a in q])
 
 
+def _append_values(rel: list[bool], ks, cmc: dict, aps: list, aprs: list) -> None:
+    """CMC@k, AP and AP@R of one ranked list of relevance flags (at least one True), appended."""
+    n_pos = sum(rel)
+    first = rel.index(True) + 1
+    for k in ks:
+        cmc[k].append(1.0 if first <= k else 0.0)
+    hits, precisions, prec_r = 0, [], 0.0
+    for rank, r in enumerate(rel, start=1):
+        if r:
+            hits += 1
+            precisions.append(hits / rank)
+            if rank <= n_pos:
+                prec_r += hits / rank
+    aps.append(np.mean(precisions))
+    aprs.append(prec_r / n_pos)
+
+
 def loo_reference(query, q_labels, q_ids, gallery, g_labels, g_ids, ks=(1, 5), similarity="cosine"):
     """Per-metric averages by ranking every query's whole gallery explicitly, one query at a time."""
     scores = score_matrix(query, gallery, similarity)
@@ -26,22 +43,10 @@ def loo_reference(query, q_labels, q_ids, gallery, g_labels, g_ids, ks=(1, 5), s
         # Sort by score descending, then by gallery index ascending.
         ranked = sorted(keep, key=lambda g: (-scores[qi, g], g))
         rel = [g_labels[g] == q_labels[qi] for g in ranked]
-        n_pos = sum(rel)
-        if n_pos == 0:
+        if not any(rel):
             without += 1
             continue
-        first = rel.index(True) + 1
-        for k in ks:
-            cmc[k].append(1.0 if first <= k else 0.0)
-        hits, precisions, prec_r = 0, [], 0.0
-        for rank, r in enumerate(rel, start=1):
-            if r:
-                hits += 1
-                precisions.append(hits / rank)
-                if rank <= n_pos:
-                    prec_r += hits / rank
-        aps.append(np.mean(precisions))
-        aprs.append(prec_r / n_pos)
+        _append_values(rel, ks, cmc, aps, aprs)
     out = {f"cmc@{k}": float(np.mean(v)) for k, v in cmc.items()}
     out["map"] = float(np.mean(aps))
     out["map@r"] = float(np.mean(aprs))
@@ -77,23 +82,11 @@ def query_gallery_reference(query, q_labels, q_ids, gallery, g_labels, g_ids, *,
         rel = [relevance(g) == "positive" for g in ranked]
         top1.append(ranked[0] if ranked else -1)
         hit1.append(bool(rel[0]) if rel else False)
-        n_pos = sum(rel)
-        if n_pos == 0:
+        if not any(rel):
             without += 1
             hit1[-1] = False
             continue
-        first = rel.index(True) + 1
-        for k in ks:
-            cmc[k].append(1.0 if first <= k else 0.0)
-        hits, precisions, prec_r = 0, [], 0.0
-        for rank, r in enumerate(rel, start=1):
-            if r:
-                hits += 1
-                precisions.append(hits / rank)
-                if rank <= n_pos:
-                    prec_r += hits / rank
-        aps.append(np.mean(precisions))
-        aprs.append(prec_r / n_pos)
+        _append_values(rel, ks, cmc, aps, aprs)
     out = {f"cmc@{k}": float(np.mean(v)) if v else 0.0 for k, v in cmc.items()}
     out["map"] = float(np.mean(aps)) if aps else 0.0
     out["map@r"] = float(np.mean(aprs)) if aprs else 0.0

@@ -152,17 +152,22 @@ def leave_one_out(
         top1[rows], hit1[rows] = top_i[:, 0], first == 1
         live = rows[has_pos[rows]]
         positives = [_without(members[int(query_labels[r])], exclude[r]) for r in live]
-        local = live - start
-        if scores.device.type == "cpu":
-            ranks = positive_ranks_numpy(scores.numpy()[local], positives, threads=threads)
-        else:
-            ranks = positive_ranks_torch(scores[local], positives)
-        for r, rk in zip(live, ranks, strict=True):
-            if "map" in per_query:
-                per_query["map"][r] = average_precision(rk)
-            if "map@r" in per_query:
-                per_query["map@r"][r] = average_precision_at_r(rk)
+        _ranking_metrics(scores, live - start, live, positives, per_query, threads)
     return _result(per_query, has_pos, metrics, top1=top1, hit1=hit1)
+
+
+def _ranking_metrics(scores, local: np.ndarray, rows: np.ndarray, positives: list[np.ndarray],
+                     per_query: dict[str, np.ndarray], threads: int) -> None:
+    """AP and AP@R of queries ``rows`` (rows ``local`` of the chunk's score tensor) into ``per_query``."""
+    if scores.device.type == "cpu":
+        ranks = positive_ranks_numpy(scores.numpy()[local], positives, threads=threads)
+    else:
+        ranks = positive_ranks_torch(scores[local], positives)
+    for r, rk in zip(rows, ranks, strict=True):
+        if "map" in per_query:
+            per_query["map"][r] = average_precision(rk)
+        if "map@r" in per_query:
+            per_query["map@r"][r] = average_precision_at_r(rk)
 
 
 def _without(members: np.ndarray, excluded: int) -> np.ndarray:

@@ -24,10 +24,9 @@ import numpy as np
 
 from compat.errors import CompatError
 from compat.retrieval.knn import Similarity, knn, scored_chunks
-from compat.retrieval.metrics import Metric, MetricKind, RetrievalResult, average_precision, average_precision_at_r
-from compat.retrieval.protocols import _class_members, _cmc_hits, _first_positive, _result
+from compat.retrieval.metrics import Metric, MetricKind, RetrievalResult
+from compat.retrieval.protocols import _class_members, _cmc_hits, _first_positive, _ranking_metrics, _result
 from compat.retrieval.qrels import Qrels, resolve_ids
-from compat.retrieval.ranking import positive_ranks_numpy, positive_ranks_torch
 
 __all__ = ["Exclude", "Judgements", "SparseRows", "judge", "query_gallery"]
 
@@ -220,16 +219,7 @@ def query_gallery(
         live = rows[has_pos[rows]]
         positives = [_positives(r, judged, members, query_labels, query_groups, gallery_groups, exclude)
                      for r in live]
-        local = live - start
-        if scores.device.type == "cpu":
-            ranks = positive_ranks_numpy(scores.numpy()[local], positives, threads=threads)
-        else:
-            ranks = positive_ranks_torch(scores[local], positives)
-        for r, rk in zip(live, ranks, strict=True):
-            if "map" in per_query:
-                per_query["map"][r] = average_precision(rk)
-            if "map@r" in per_query:
-                per_query["map@r"][r] = average_precision_at_r(rk)
+        _ranking_metrics(scores, live - start, live, positives, per_query, threads)
     return _result(per_query, has_pos, metrics, top1=top1, hit1=hit1)
 
 

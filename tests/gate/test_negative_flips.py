@@ -13,7 +13,7 @@ from compat.errors import CompatError
 from compat.features import FeatureSet, save_features
 from compat.gate import GatePolicy, load_policy, run_gate
 from compat.retrieval import RetrievalEvaluator
-from tests.gate.common import invoke, policy
+from tests.gate.common import assert_one_line_exit_2, invoke, policy
 
 C, N = 20, 1000
 
@@ -99,3 +99,31 @@ def test_query_gallery_gate_needs_the_query_sets():
     with pytest.raises(CompatError, match="old-queries: field 'groups' is missing"):
         run_gate(sets["gallery"], sets["gallery"], checks, evaluator=grouped, old_query=sets["old_q"],
                  new_query=sets["new_q"])
+
+
+@pytest.mark.parametrize("case", ["qrels-unknown-id", "qrels-duplicate", "same-group-without-groups",
+                                  "independent-query-alone", "query-gallery-without-queries"])
+def test_query_gallery_gate_bad_inputs_exit_2_with_one_line(tmp_path: Path, case: str):
+    files = {name: save_features(fs, tmp_path / f"{name}.npz") for name, fs in flipping_candidate().items()}
+    args = ["--old", files["gallery"], "--old-query", files["old_q"], "--new", files["gallery"],
+            "--new-query", files["new_q"], "--protocol", "query-gallery"]
+    qrels = tmp_path / "qrels.csv"
+    if case == "qrels-unknown-id":
+        qrels.write_text("query_id,gallery_id,relevance\n0,100,positive\n1,999,junk\n", encoding="utf-8")
+        args += ["--qrels", qrels]
+        expect = [f"{qrels}:3:", "gallery id '999' is in no gallery feature set"]
+    elif case == "qrels-duplicate":
+        qrels.write_text("query_id,gallery_id,relevance\n0,100,positive\n0,100,positive\n", encoding="utf-8")
+        args += ["--qrels", qrels]
+        expect = [f"{qrels}:3:", "duplicate row"]
+    elif case == "same-group-without-groups":
+        args += ["--exclude", "same-group"]
+        expect = [str(files["old_q"]), "field 'groups' is missing"]
+    elif case == "independent-query-alone":
+        args += ["--independent-query", files["new_q"]]
+        expect = ["--independent-query", "needs --independent"]
+    else:
+        args = ["--old", files["gallery"], "--new", files["gallery"], "--protocol", "query-gallery"]
+        expect = ["--old-query", "query-gallery protocol needs the old model's query features"]
+    out = tmp_path / "out"
+    assert_one_line_exit_2(invoke(*args, "--out", out), out, expect)
