@@ -30,8 +30,8 @@ from compat.retrieval.qrels import Qrels, resolve_ids
 
 __all__ = ["Exclude", "Judgements", "SparseRows", "judge", "query_gallery"]
 
-# Up to this many ignored items per query, the top-k search asks every query for k + the most any ignores.
-_ONE_SEARCH = 64
+# Queries searched together at least (see _buckets).
+_MIN_BUCKET = 256
 
 
 class Exclude(str, Enum):
@@ -224,16 +224,20 @@ def query_gallery(
 
 
 def _buckets(ignored: np.ndarray):
-    """Queries grouped by the extra neighbours they need, ``(rows, extra)``: one group when no query
-    ignores more than ``_ONE_SEARCH`` items (one search is cheaper than several small ones), else by the
-    power of two at or above each query's number of ignored items, all small ones together."""
-    most = int(ignored.max(initial=0))
-    if most <= _ONE_SEARCH:
-        yield np.arange(len(ignored)), most
-        return
-    extra = np.where(ignored > _ONE_SEARCH, 2 ** np.ceil(np.log2(np.maximum(ignored, 1))), _ONE_SEARCH)
-    for value in np.unique(extra.astype(np.int64)):
-        yield np.flatnonzero(extra == value), int(value)
+    """Queries grouped by the extra neighbours they need, ``(rows, extra)``: the power of two at or above
+    each query's number of ignored items (0 for none), so that the exact re-scoring of the top-k, whose
+    cost grows with k, stays close to what a query needs. A group of fewer than ``_MIN_BUCKET`` queries
+    joins the next larger one (a search of a few queries costs almost as much as one of many)."""
+    extra = np.where(ignored > 0, 2 ** np.ceil(np.log2(np.maximum(ignored, 1))), 0).astype(np.int64)
+    values = np.unique(extra)
+    pending = np.zeros(0, dtype=np.int64)
+    for n, value in enumerate(values):
+        rows = np.concatenate([pending, np.flatnonzero(extra == value)])
+        if len(rows) < _MIN_BUCKET and n < len(values) - 1:
+            pending = rows
+            continue
+        pending = np.zeros(0, dtype=np.int64)
+        yield np.sort(rows), int(value)
 
 
 def _drop_ignored(idx: np.ndarray, rows: np.ndarray, ignored: SparseRows, k: int, n_gallery: int) -> np.ndarray:

@@ -4,6 +4,8 @@ backend, small and large memory budgets); the top-1 that flips compare."""
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 
@@ -187,3 +189,21 @@ def test_template_top1_is_the_class_of_the_best_template():
         q, q_labels, q_ids, g, g_labels, g_ids)
     assert np.array_equal(r.hit1, r.per_query["cmc@1"].astype(bool) & r.counted)
     assert np.array_equal(np.unique(g_labels)[r.top1][r.hit1], q_labels[r.hit1])
+
+
+@pytest.mark.parametrize("mode", ["same-group", "qrels"])
+def test_top_k_searched_in_buckets_by_number_of_ignored_items(monkeypatch, mode):
+    qg_module = importlib.import_module("compat.retrieval.query_gallery")  # the package exports a function so named
+    monkeypatch.setattr(qg_module, "_MIN_BUCKET", 1)  # every bucket searched on its own, however small
+    cell, q_groups, g_groups, rows = _random_cell(8)
+    options = {"exclude": "same-group"} if mode == "same-group" else {"qrels": Qrels.from_rows(rows)}
+    ignored = qg_module.judge(cell[1], cell[4], query_ids=cell[2], gallery_ids=cell[5], query_groups=q_groups,
+                              gallery_groups=g_groups, exclude=Exclude(options.get("exclude", "none")),
+                              qrels=options.get("qrels")).ignored.counts
+    assert len(list(qg_module._buckets(ignored))) >= 3
+    ref, without, top1, _ = query_gallery_reference(*cell, ks=(1, 2, 5), q_groups=q_groups, g_groups=g_groups,
+                                                    same_group=mode == "same-group",
+                                                    qrels=rows if mode == "qrels" else None)
+    r = _qg(*cell, metrics=METRICS[:3], q_groups=q_groups, g_groups=g_groups, **options)
+    assert [r[m] for m in METRICS[:3]] == pytest.approx([ref[m] for m in METRICS[:3]], abs=1e-12)
+    assert r.top1.tolist() == top1.tolist() and r.n_without_positive == without
