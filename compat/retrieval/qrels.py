@@ -103,50 +103,81 @@ def load_qrels(path: str | os.PathLike[str]) -> Qrels:
         text = p.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise CompatError(f"{p}: not a readable UTF-8 CSV file ({exc})") from None
-    reader = csv.reader(text.splitlines())
-    header = next(reader, None)
+    return _build(*_columns(text, p), str(p))
+
+
+def _columns(text: str, p: Path) -> tuple[list[str], list[str], list[str], np.ndarray]:
+    """The three columns of the rows after the header, and the line of each row."""
+    body = text.replace("\r\n", "\n").rstrip("\n")
+    raw = np.frombuffer(body.encode("utf-8"), dtype=np.uint8)  # UTF-8 never hides ',' or '\n' in a character
+    if '"' not in body and len(raw):
+        commas = np.searchsorted(np.flatnonzero(raw == ord(",")), np.append(np.flatnonzero(raw == ord("\n")), len(raw)))
+        if (np.diff(commas, prepend=0) == 2).all():  # two commas on every line, no blank line, no quote: one split
+            flat = body.replace("\n", ",").split(",")
+            _check_header(flat[:3], p)
+            return flat[3::3], flat[4::3], flat[5::3], np.arange(2, len(commas) + 1)
+    lines = text.splitlines(keepends=True)
+    rows = list(csv.reader(lines))
+    _check_header(rows[0] if rows else None, p)
+    if len(rows) == len(lines):  # one row per line: line numbers are positions
+        body_rows, numbers = rows[1:], np.arange(2, len(rows) + 1)
+    else:  # a quoted field spans lines: number each row by the line it starts on
+        reader = csv.reader(lines[1:])
+        body_rows, starts, previous = [], [], 0
+        for row in reader:
+            body_rows.append(row)
+            starts.append(previous + 2)
+            previous = reader.line_num
+        numbers = np.asarray(starts, dtype=np.int64)
+    sizes = np.fromiter(map(len, body_rows), dtype=np.int64, count=len(body_rows))
+    bad = np.flatnonzero((sizes != 3) & (sizes != 0))  # blank lines are skipped
+    if len(bad):
+        raise CompatError(f"{p}:{numbers[bad[0]]}: expected 3 fields (query_id,gallery_id,relevance), "
+                          f"got {sizes[bad[0]]}")
+    keep = np.flatnonzero(sizes == 3)
+    rows_kept = [body_rows[i] for i in keep] if len(keep) < len(body_rows) else body_rows
+    q, g, rel = (list(c) for c in zip(*rows_kept, strict=True)) if rows_kept else ([], [], [])
+    return q, g, rel, numbers[keep]
+
+
+def _check_header(header: list[str] | None, p: Path) -> None:
     if header is None or tuple(h.strip() for h in header) != QRELS_HEADER:
         raise CompatError(f"{p}:1: expected the header {','.join(QRELS_HEADER)}, got {','.join(header or [])!r}")
-    q: list[str] = []
-    g: list[str] = []
-    rel: list[str] = []
-    lines: list[int] = []
-    for row in reader:
-        if not row:
-            continue
-        if len(row) != 3:
-            raise CompatError(f"{p}:{reader.line_num}: expected 3 fields (query_id,gallery_id,relevance), "
-                              f"got {len(row)}")
-        q.append(row[0].strip())
-        g.append(row[1].strip())
-        rel.append(row[2].strip())
-        lines.append(reader.line_num)
-    return _build(q, g, rel, lines, str(p))
 
 
-def _build(q: list[str], g: list[str], rel: list[str], lines: list[int], source: str) -> Qrels:
+def _build(q: list[str], g: list[str], rel: list[str], lines, source: str) -> Qrels:
     if not q:
         raise CompatError(f"{source}: no rows after the header; expected {','.join(QRELS_HEADER)} rows")
     line = np.asarray(lines, dtype=np.int64)
-    query_ids, gallery_ids = np.asarray(q, dtype=str), np.asarray(g, dtype=str)
+    query_ids, gallery_ids, values = (_stripped(column) for column in (q, g, rel))
     for name, ids in (("query_id", query_ids), ("gallery_id", gallery_ids)):
         empty = np.flatnonzero(np.char.str_len(ids) == 0)
         if len(empty):
             raise CompatError(f"{source}:{line[empty[0]]}: empty {name}")
-    values = np.asarray(rel, dtype=str)
     positive = values == Relevance.POSITIVE.value
     bad = np.flatnonzero(~positive & (values != Relevance.JUNK.value))
     if len(bad):
-        raise CompatError(f"{source}:{line[bad[0]]}: unknown relevance {str(values[bad[0]])!r}; expected positive or junk")
+        raise CompatError(f"{source}:{line[bad[0]]}: unknown relevance {str(values[bad[0]])!r}; "
+                          "expected positive or junk")
+    if len(set(zip(query_ids.tolist(), gallery_ids.tolist(), strict=True))) < len(line):  # hashing beats sorting text
+        _raise_duplicate(query_ids, gallery_ids, line, source)
+    return Qrels(query_ids, gallery_ids, positive, line, source)
+
+
+def _stripped(column: list[str]) -> np.ndarray:
+    """Text array of a column, surrounding white space removed."""
+    return np.char.strip(np.asarray(column, dtype=str))
+
+
+def _raise_duplicate(query_ids: np.ndarray, gallery_ids: np.ndarray, line: np.ndarray, source: str) -> None:
+    """Name the first line that repeats an earlier (query_id, gallery_id) pair."""
     order = np.lexsort((gallery_ids, query_ids))
     same = (query_ids[order][1:] == query_ids[order][:-1]) & (gallery_ids[order][1:] == gallery_ids[order][:-1])
-    if same.any():
-        repeats = order[1:][same]  # the stable sort keeps a pair's earlier line first
-        r = repeats[np.argmin(line[repeats])]
-        first = line[np.flatnonzero((query_ids == query_ids[r]) & (gallery_ids == gallery_ids[r]))[0]]
-        raise CompatError(f"{source}:{line[r]}: duplicate row for query {str(query_ids[r])!r} and gallery "
-                          f"{str(gallery_ids[r])!r} (first on line {first})")
-    return Qrels(query_ids, gallery_ids, positive, line, source)
+    repeats = order[1:][same]  # the stable sort keeps a pair's earlier line first
+    r = repeats[np.argmin(line[repeats])]
+    first = line[np.flatnonzero((query_ids == query_ids[r]) & (gallery_ids == gallery_ids[r]))[0]]
+    raise CompatError(f"{source}:{line[r]}: duplicate row for query {str(query_ids[r])!r} and gallery "
+                      f"{str(gallery_ids[r])!r} (first on line {first})")
 
 
 def check_qrels_ids(qrels: Qrels, query_ids: Sequence[np.ndarray], gallery_ids: Sequence[np.ndarray]) -> None:

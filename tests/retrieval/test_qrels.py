@@ -47,6 +47,14 @@ def test_bad_files_name_the_line(tmp_path: Path, text: str, expect: str):
     assert expect in str(info.value)
 
 
+def test_a_quoted_field_over_two_lines_keeps_the_line_numbers(tmp_path: Path):
+    p = _write(tmp_path, 'query_id,gallery_id,relevance\n"q\n1",g1,positive\n\nq2,g2,relevant\n')
+    with pytest.raises(CompatError, match=r":5: unknown relevance 'relevant'"):
+        load_qrels(p)
+    qrels = load_qrels(_write(tmp_path, 'query_id,gallery_id,relevance\n"q\n1",g1,positive\nq2,g2,junk\n'))
+    assert qrels.query_ids.tolist() == ["q\n1", "q2"] and qrels.lines.tolist() == [2, 4]
+
+
 def test_missing_and_undecodable_files(tmp_path: Path):
     with pytest.raises(CompatError, match="no such relevance file"):
         load_qrels(tmp_path / "nope.csv")
