@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from compat.errors import CompatError
-from compat.retrieval.qrels import check_qrels_ids, load_qrels, resolve_ids
+from compat.retrieval.qrels import Qrels, check_qrels_ids, load_qrels, resolve_ids
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -79,3 +80,12 @@ def test_every_id_must_be_in_some_feature_set(tmp_path: Path):
         check_qrels_ids(qrels, [np.array([1, 2])], [np.array([10, 11])])
     with pytest.raises(CompatError, match=rf"^{p}:3: gallery id '11' is in no gallery feature set$"):
         check_qrels_ids(qrels, [np.array([1, 2, 3])], [np.array([10])])
+
+
+def test_text_ids_found_by_key_and_by_text_when_keys_collide(monkeypatch):
+    qrels = Qrels.from_rows([("a", "xy", "positive"), ("b", "yx", "junk"), ("c", "zz", "junk"), ("d", "x", "junk")])
+    ids = np.array(["yx", "x", "xy", "w"])
+    assert resolve_ids(qrels, "gallery", ids).tolist() == [2, 0, -1, 1]
+    qrels_module = importlib.import_module("compat.retrieval.qrels")
+    monkeypatch.setattr(qrels_module, "_text_keys", lambda text: np.zeros(len(text), dtype=np.uint64))  # all collide
+    assert resolve_ids(qrels, "gallery", ids).tolist() == [2, 0, -1, 1]
