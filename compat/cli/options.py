@@ -28,6 +28,7 @@ __all__ = [
     "dim_policy",
     "evaluator_options",
     "extraction",
+    "extraction_spec",
     "fail_cleanly",
     "memory_budget",
     "model_code",
@@ -206,3 +207,16 @@ def evaluator_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     for option in (memory_budget, device, backend, dim_policy, similarity):
         fn = option(fn)
     return fn
+
+
+def extraction_spec(dataset: str | None, data_root: str | None, split: str, batch_size: int, device: str,
+                    quiet: bool, preprocessing=None):
+    """The gate's :class:`compat.gate.ExtractionSpec` of the ``--dataset`` and :func:`extraction` options
+    (None without ``--dataset``: model sources are then refused when loaded); ``preprocessing`` (from
+    :func:`preprocessing_of`) prepares the images of ``torchscript:`` / ``python:`` models."""
+    if dataset is None:
+        return None
+    from compat.gate.inputs import ExtractionSpec
+
+    return ExtractionSpec(dataset, data_root, split, device=device, batch_size=batch_size, progress=not quiet,
+                          preprocessing=preprocessing)
