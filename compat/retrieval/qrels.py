@@ -159,7 +159,8 @@ def _build(q: list[str], g: list[str], rel: list[str], lines, source: str) -> Qr
     if len(bad):
         raise CompatError(f"{source}:{line[bad[0]]}: unknown relevance {str(values[bad[0]])!r}; "
                           "expected positive or junk")
-    if len(set(zip(query_ids.tolist(), gallery_ids.tolist(), strict=True))) < len(line):  # hashing beats sorting text
+    pairs = np.sort(_text_keys(query_ids) * np.uint64(0xD6E8FEB86659FD93) + _text_keys(gallery_ids))  # wraps
+    if (pairs[1:] == pairs[:-1]).any():  # a repeated pair, or two pairs sharing a key: the text decides
         _raise_duplicate(query_ids, gallery_ids, line, source)
     return Qrels(query_ids, gallery_ids, positive, line, source)
 
@@ -170,10 +171,12 @@ def _stripped(column: list[str]) -> np.ndarray:
 
 
 def _raise_duplicate(query_ids: np.ndarray, gallery_ids: np.ndarray, line: np.ndarray, source: str) -> None:
-    """Name the first line that repeats an earlier (query_id, gallery_id) pair."""
+    """Name the first line that repeats an earlier (query_id, gallery_id) pair (none: keys collided)."""
     order = np.lexsort((gallery_ids, query_ids))
     same = (query_ids[order][1:] == query_ids[order][:-1]) & (gallery_ids[order][1:] == gallery_ids[order][:-1])
     repeats = order[1:][same]  # the stable sort keeps a pair's earlier line first
+    if len(repeats) == 0:
+        return
     r = repeats[np.argmin(line[repeats])]
     first = line[np.flatnonzero((query_ids == query_ids[r]) & (gallery_ids == gallery_ids[r]))[0]]
     raise CompatError(f"{source}:{line[r]}: duplicate row for query {str(query_ids[r])!r} and gallery "
@@ -208,18 +211,26 @@ def resolve_ids(qrels: Qrels, column: str, ids: np.ndarray) -> np.ndarray:
     wanted, valid = qrels.ids_as(column, kind)
     keys, wanted_keys = (_text_keys(ids), _text_keys(wanted)) if kind == "U" else (ids, wanted)
     order = np.argsort(keys, kind="stable")
-    if kind == "U" and (keys[order][1:] == keys[order][:-1]).any():  # two ids share a key: sort the text
-        keys, wanted_keys, order = ids, wanted, np.argsort(ids, kind="stable")
-    pos = np.minimum(np.searchsorted(keys, wanted_keys, sorter=order), len(ids) - 1)
-    idx = order[pos]
+    sorted_keys = keys[order]
+    if kind == "U" and (sorted_keys[1:] == sorted_keys[:-1]).any():  # two ids share a key: sort the text
+        order = np.argsort(ids, kind="stable")
+        sorted_keys, wanted_keys = ids[order], wanted
+    needles = np.argsort(wanted_keys, kind="stable")  # sorted needles: each search starts where the last ended
+    pos = np.empty(len(wanted), dtype=np.int64)
+    pos[needles] = np.searchsorted(sorted_keys, wanted_keys[needles])
+    idx = order[np.minimum(pos, len(ids) - 1)]
     found = valid & (ids[idx] == wanted)
     return np.where(found, idx, -1).astype(np.int64)
 
 
 def _text_keys(text: np.ndarray, rows: int = 1 << 16) -> np.ndarray:
-    """A 64-bit key per string (equal strings, equal keys), from its code points, in blocks of rows."""
+    """A 64-bit key per string (equal strings, equal keys): its code points weighted by a splitmix64
+    value of their position, summed modulo 2**64; in blocks of rows."""
     width = max(1, text.dtype.itemsize // 4)
-    weights = (np.arange(1, width + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)) | np.uint64(1)
+    z = np.arange(1, width + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    weights = z ^ (z >> np.uint64(31))
     codes = np.ascontiguousarray(text).view(np.uint32).reshape(len(text), -1)
     out = np.empty(len(text), dtype=np.uint64)
     for s in range(0, len(text), rows):

@@ -89,3 +89,11 @@ def test_text_ids_found_by_key_and_by_text_when_keys_collide(monkeypatch):
     qrels_module = importlib.import_module("compat.retrieval.qrels")
     monkeypatch.setattr(qrels_module, "_text_keys", lambda text: np.zeros(len(text), dtype=np.uint64))  # all collide
     assert resolve_ids(qrels, "gallery", ids).tolist() == [2, 0, -1, 1]
+
+
+def test_duplicates_are_decided_on_the_text_when_keys_collide(tmp_path: Path, monkeypatch):
+    qrels_module = importlib.import_module("compat.retrieval.qrels")
+    monkeypatch.setattr(qrels_module, "_text_keys", lambda text: np.zeros(len(text), dtype=np.uint64))
+    assert len(load_qrels(_write(tmp_path, "query_id,gallery_id,relevance\na,b,junk\nb,a,junk\n"))) == 2
+    with pytest.raises(CompatError, match=r":4: duplicate row for query 'b' and gallery 'a' \(first on line 3\)"):
+        load_qrels(_write(tmp_path, "query_id,gallery_id,relevance\na,b,junk\nb,a,junk\nb,a,positive\n"))
