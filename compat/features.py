@@ -1,7 +1,9 @@
 """Feature sets: the embeddings of one model version over one dataset split.
 
 A feature set holds ``features`` (float32, N x D), ``labels`` (int64, N), ``ids`` (N, unique; integers
-or strings) and ``meta`` (a JSON object: model, version, dataset, split, normalized, checkpoint digest).
+or strings), ``meta`` (a JSON object: model, version, dataset, split, normalized, checkpoint digest,
+preprocessing) and, optionally, ``groups`` (int64, N: e.g. the camera of a re-identification image,
+for the query-gallery protocol's ``same-group`` exclusion).
 
 On disk it is either a ``.npz`` file (always read with ``allow_pickle=False``) or a directory of
 ``.npy`` files plus ``meta.json`` that is memory-mapped, for galleries larger than RAM::
@@ -10,6 +12,7 @@ On disk it is either a ``.npz`` file (always read with ``allow_pickle=False``) o
       features.npy   float32 (N, D)
       labels.npy     int64   (N,)
       ids.npy        int64 or unicode (N,)
+      groups.npy     int64 (N,), optional
       meta.json      {"model": ..., "version": ..., ...}
 
 Writes are atomic: everything is written under a temporary name next to the target and renamed.
@@ -36,6 +39,7 @@ from compat.errors import CompatError
 __all__ = ["FeatureSet", "check_finite", "load_features", "read_npz_member", "save_features"]
 
 _ARRAYS = ("features", "labels", "ids")
+_OPTIONAL = "groups"
 # Rows checked for NaN/inf per step, so a memory-mapped gallery is never read into RAM whole.
 _SCAN_ROWS = 1 << 16
 
@@ -50,6 +54,7 @@ class FeatureSet:
         ids: (N,) unique item ids (int64 or unicode strings); they match items across versions.
         meta: JSON-serialisable description (model, version, dataset, split, normalized, digest).
         source: where the set came from, used in error messages.
+        groups: optional (N,) int64 group of each item (a camera, a shop); ``None`` when absent.
     """
 
     features: np.ndarray
@@ -57,6 +62,7 @@ class FeatureSet:
     ids: np.ndarray
     meta: dict[str, Any] = field(default_factory=dict)
     source: str = "<memory>"
+    groups: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -70,8 +76,10 @@ class FeatureSet:
         *,
         meta: dict[str, Any] | None = None,
         source: str = "<memory>",
+        groups: Any = None,
     ) -> FeatureSet:
-        """Build from any array-likes: features cast to float32, labels to int64, ids default 0..N-1."""
+        """Build from any array-likes: features cast to float32, labels and groups to int64, ids default
+        0..N-1."""
         feats = np.ascontiguousarray(np.asarray(features, dtype=np.float32))
         labs = np.asarray(labels)
         if labs.dtype.kind in "iu":
@@ -81,7 +89,11 @@ class FeatureSet:
         ids = np.asarray(ids)
         if ids.dtype.kind in "iu":
             ids = ids.astype(np.int64, copy=False)
-        return cls(feats, labs, ids, dict(meta or {}), source)
+        if groups is not None:
+            groups = np.asarray(groups)
+            if groups.dtype.kind in "iu":
+                groups = groups.astype(np.int64, copy=False)
+        return cls(feats, labs, ids, dict(meta or {}), source, groups)
 
     @property
     def n(self) -> int:
@@ -122,6 +134,12 @@ def _validate(fs: FeatureSet) -> None:
     if len(uniq) != n:
         first = int(np.flatnonzero(counts > 1)[0])
         raise CompatError(f"{src}: field 'ids' must be unique; id {uniq[first].item()!r} appears {counts[first]} times")
+    groups = fs.groups
+    if groups is not None:
+        if not isinstance(groups, np.ndarray) or groups.shape != (n,):
+            raise CompatError(f"{src}: field 'groups' must have shape ({n},), got {np.shape(groups)}")
+        if groups.dtype != np.int64:
+            raise CompatError(f"{src}: field 'groups' must be int64, got {groups.dtype}")
     for start in range(0, n, _SCAN_ROWS):
         check_finite(f[start : start + _SCAN_ROWS], src, start=start)
     if not isinstance(fs.meta, dict):
@@ -151,7 +169,7 @@ def load_features(path: str | os.PathLike[str]) -> FeatureSet:
         arrays, meta = _load_dir(p)
     else:
         arrays, meta = _load_npz(input_file(p, "feature file or directory"))
-    return FeatureSet(arrays["features"], arrays["labels"], arrays["ids"], meta, str(p))
+    return FeatureSet(arrays["features"], arrays["labels"], arrays["ids"], meta, str(p), arrays.get(_OPTIONAL))
 
 
 def _load_npz(p: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -168,7 +186,7 @@ def _load_npz(p: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
             missing = [k for k in _ARRAYS if k not in z.files]
             if missing:
                 raise CompatError(f"{p}: missing array '{missing[0]}'; expected {', '.join(_ARRAYS)} (and meta)")
-            arrays = {k: read_npz_member(z, k, p) for k in _ARRAYS}
+            arrays = {k: read_npz_member(z, k, p) for k in (*_ARRAYS, _OPTIONAL) if k in z.files}
             meta_raw = read_npz_member(z, "meta", p) if "meta" in z.files else None
     except CompatError:
         raise
@@ -193,6 +211,12 @@ def _load_dir(p: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
             raise CompatError(f"{f}: not a readable .npy array ({exc})") from None
         except OSError as exc:
             raise CompatError(f"{f}: not a readable .npy array ({exc})") from None
+    groups = p / f"{_OPTIONAL}.npy"
+    if groups.is_file():
+        try:
+            arrays[_OPTIONAL] = np.load(groups, allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise CompatError(f"{groups}: not a readable .npy array without pickled objects ({exc})") from None
     # labels and ids are small: read them fully so that sorting and indexing are cheap.
     arrays["labels"] = np.array(arrays["labels"])
     arrays["ids"] = np.array(arrays["ids"])
@@ -228,13 +252,16 @@ def save_features(fs: FeatureSet, path: str | os.PathLike[str]) -> Path:
     p.parent.mkdir(parents=True, exist_ok=True)
     meta_json = json.dumps(fs.meta, sort_keys=True)
     if p.suffix == ".npz":
+        optional = {} if fs.groups is None else {_OPTIONAL: fs.groups}
         with atomic_path(p) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, features=fs.features, labels=fs.labels, ids=fs.ids, meta=np.array(meta_json))
+            np.savez(fh, features=fs.features, labels=fs.labels, ids=fs.ids, meta=np.array(meta_json), **optional)
         return p
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent))
     try:
         for key in _ARRAYS:
             np.save(tmp_dir / f"{key}.npy", getattr(fs, key), allow_pickle=False)
+        if fs.groups is not None:
+            np.save(tmp_dir / f"{_OPTIONAL}.npy", fs.groups, allow_pickle=False)
         (tmp_dir / "meta.json").write_text(meta_json, encoding="utf-8")
         os.chmod(tmp_dir, 0o777 & ~umask())
         _replace_dir(tmp_dir, p)

@@ -214,6 +214,7 @@ def evaluate_with_adapters(
     dim_policy: DimPolicy | str = DimPolicy.ERROR,
     strict: bool = True,
     independent: FeatureSet | None = None,
+    independent_query: FeatureSet | None = None,
     backfill: Sequence[Ordering | str] = (),
     backfill_points: int = DEFAULT_BACKFILL_POINTS,
     seed: int = 0,
@@ -229,7 +230,7 @@ def evaluate_with_adapters(
         paths: ``(new, old) -> file`` the adapters came from (recorded in the report).
         dim_policy: for cells whose sizes differ without an adapter (and for the raw cells).
         strict: ties fail the compatibility criterion.
-        independent: the update gain's reference (see :func:`evaluate_chain`).
+        independent, independent_query: the update gain's reference (see :func:`evaluate_chain`).
         backfill: orderings whose backfill curves to draw, for every adapted pair (or, without
             adapters, for the newest upgrade on raw features).
         backfill_points: size of the beta grid (0 to 1).
@@ -250,7 +251,7 @@ def evaluate_with_adapters(
         return adapter.to_old(query), adapter.old_space(gallery)
 
     report = replace(evaluate_chain(versions, evaluator, dim_policy=policy, transform=transform, strict=strict,
-                                    independent=independent), coverage=coverage)
+                                    independent=independent, independent_query=independent_query), coverage=coverage)
     raw_policy = DimPolicy.TRUNCATE if policy is DimPolicy.ERROR else policy
     cells_out = []
     curves_out = []
@@ -301,7 +302,8 @@ def _curves(evaluator: RetrievalEvaluator, queries: np.ndarray, qfs: FeatureSet,
         name = ordering.value
         out.append(backfill_curve(evaluator, queries=queries, query_labels=qfs.labels, query_ids=qfs.ids,
                                   before=before, after=after, gallery_labels=gfs.labels, gallery_ids=gfs.ids,
-                                  order=order, ordering=name, betas=betas, ends=ends))
+                                  order=order, ordering=name, betas=betas, ends=ends, query_groups=qfs.groups,
+                                  gallery_groups=gfs.groups))
         # the whole-before and whole-after galleries do not depend on the ordering: measured once
         ends = ({m: v[0] for m, v in out[-1].values.items()}, {m: v[-1] for m, v in out[-1].values.items()})
         logger.info("backfill %s: area %s", name, out[-1].area)

@@ -18,7 +18,8 @@ __all__ = ["eval_command"]
 @click.option("--version", "versions", type=options.NamedPath(), multiple=True, required=True,
               help="A version's gallery features, oldest first: NAME=FEATURES (.npz or .npy directory).")
 @click.option("--query", "queries", type=options.NamedPath(), multiple=True,
-              help="Separate query features for a version: NAME=FEATURES. Default: the gallery itself.")
+              help="Separate query features for a version: NAME=FEATURES. Default: the gallery itself "
+              "(query-gallery: required for every version).")
 @click.option("--adapter", "adapters", type=options.AdapterPath(), multiple=True,
               help="An adapter file from 'compat adapt': B maps NEW's queries before they search OLD's gallery.")
 @click.option("--backfill", "backfill", multiple=True, type=options.choice(Ordering),
@@ -27,12 +28,17 @@ __all__ = ["eval_command"]
 @click.option("--backfill-points", type=click.IntRange(min=2), default=DEFAULT_BACKFILL_POINTS, show_default=True,
               help="Points of the backfill grid, beta from 0 to 1.")
 @click.option("--protocol", type=options.choice(Protocol), default=Protocol.LOO.value, show_default=True,
-              help="Leave-one-out retrieval, per-class template identification, or pair verification.")
+              help="Leave-one-out retrieval, separate query and gallery sets, per-class template identification, "
+              "or pair verification.")
 @click.option("--metric", "metrics", multiple=True,
-              help="cmc@K, map, map@r (loo); cmc@K, map (template); acc (pairs). Default: cmc@1 cmc@5 map.")
+              help="cmc@K, map, map@r (loo, query-gallery); cmc@K, map (template); acc (pairs). "
+              "Default: cmc@1 cmc@5 map.")
+@options.relevance
 @options.evaluator_options
 @click.option("--independent", type=click.Path(path_type=Path), default=None,
               help="Features of the newest model trained without compatibility: the update gain's upper bound.")
+@click.option("--independent-query", type=click.Path(path_type=Path), default=None,
+              help="Its query features (query-gallery).")
 @click.option("--pairs", "n_pairs", type=click.IntRange(min=1), default=DEFAULT_PAIRS, show_default=True,
               help="Positive (and as many negative) pairs for --protocol pairs.")
 @click.option("--folds", type=click.IntRange(min=2), default=DEFAULT_FOLDS, show_default=True)
@@ -49,8 +55,9 @@ __all__ = ["eval_command"]
 @options.fail_cleanly
 def eval_command(versions: tuple[tuple[str, Path], ...], queries: tuple[tuple[str, Path], ...],
                  adapters: tuple[tuple[str, str, Path], ...], backfill: tuple[str, ...], backfill_points: int,
-                 protocol: str, metrics: tuple[str, ...], similarity: str, dim_policy: str, backend: str, device: str,
-                 memory_budget: str, independent: Path | None, n_pairs: int, folds: int, seed: int, ties_pass: bool,
+                 protocol: str, metrics: tuple[str, ...], qrels: Path | None, exclude: str, similarity: str,
+                 dim_policy: str, backend: str, device: str, memory_budget: str, independent: Path | None,
+                 independent_query: Path | None, n_pairs: int, folds: int, seed: int, ties_pass: bool,
                  allow_partial: bool, out: Path, track: bool, experiment: str | None, quiet: bool) -> None:
     """Evaluate a chain of versions: every version's queries against every older gallery.
 
@@ -59,19 +66,26 @@ def eval_command(versions: tuple[tuple[str, Path], ...], queries: tuple[tuple[st
     from compat._files import check_output_dir
     from compat.features import load_features
     from compat.retrieval.evaluator import RetrievalEvaluator
+    from compat.retrieval.qrels import load_qrels
 
     check_output_dir(out)  # before any work: reports that cannot be written are never computed
-    chain = _load_chain(versions, queries)
+    relevance = load_qrels(qrels) if qrels is not None else None
     evaluator = RetrievalEvaluator(metrics or None, protocol=protocol, similarity=similarity, backend=backend,
                                    device=device, memory_budget=memory_budget, pairs=n_pairs, folds=folds, seed=seed,
-                                   progress=not quiet)
+                                   progress=not quiet, exclude=exclude, qrels=relevance)
+    chain = _load_chain(versions, queries)
     reference = load_features(independent) if independent is not None else None
+    reference_query = load_features(independent_query) if independent_query is not None else None
+    if reference_query is not None and reference is None:
+        raise CompatError("--independent-query: needs --independent (the independent model's gallery)")
     settings = {"dim_policy": dim_policy, "strict": not ties_pass, "independent": reference,
-                "allow_partial": allow_partial}
+                "independent_query": reference_query, "allow_partial": allow_partial}
     if adapters or backfill:
         report, files = _eval_adapted(chain, evaluator, adapters, backfill, backfill_points, seed, out, settings)
     else:
         report, files = _eval_plain(chain, evaluator, out, settings)
+    for warning in report.warnings:
+        click.echo(f"compat: warning: {warning}", err=True)
     click.echo(f"reports written to {out}/")
 
     from compat.tracking import log_evaluation, tracking_enabled

@@ -21,6 +21,7 @@ from compat.errors import CompatError
 __all__ = [
     "SEED",
     "AdapterPath",
+    "FloatList",
     "NamedPath",
     "backend",
     "choice",
@@ -31,7 +32,10 @@ __all__ = [
     "extraction_spec",
     "fail_cleanly",
     "memory_budget",
+    "model_code",
+    "preprocessing_of",
     "quiet",
+    "relevance",
     "similarity",
     "tracking",
     "unique_names",
@@ -86,6 +90,20 @@ class AdapterPath(click.ParamType):
         if not sep or not colon or not new or not old or ":" in old or not path:
             self.fail(f"{value!r} is not NEW:OLD=PATH (e.g. v2:v1=adapters/v2-v1.npz)", param, ctx)
         return new, old, Path(path)
+
+
+class FloatList(click.ParamType):
+    """``0.485,0.456,0.406``: comma-separated numbers."""
+
+    name = "X[,Y,Z]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[float, ...]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            return tuple(float(v) for v in str(value).split(","))
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of numbers (e.g. 0.485,0.456,0.406)", param, ctx)
 
 
 def unique_names(pairs: tuple[tuple[str, Path], ...], option: str) -> None:
@@ -147,6 +165,44 @@ def extraction(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--data-root", default=None, help="Directory holding the datasets (torchvision layout).")(fn)
 
 
+def model_code(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--trust-model-code and the explicit preprocessing of models compat did not train."""
+    from compat.preprocessing import list_presets
+
+    fn = click.option("--std", type=FloatList(), default=None, help="Per-channel std, e.g. 0.229,0.224,0.225.")(fn)
+    fn = click.option("--mean", type=FloatList(), default=None, help="Per-channel mean (1 or 3 values).")(fn)
+    fn = click.option("--resize", type=click.IntRange(min=1), default=None,
+                      help="Resize the shorter edge to this before the centre crop (default: --image-size).")(fn)
+    fn = click.option("--image-size", type=click.IntRange(min=1), default=None, help="Side of the centre crop.")(fn)
+    fn = click.option("--preprocessing", "preset", type=click.Choice(list_presets()), default=None,
+                      help="Named preprocessing of torchscript:/python: models; --image-size, --resize, --mean, "
+                      "--std override its fields.")(fn)
+    return click.option("--trust-model-code", is_flag=True,
+                        help="Allow torchscript:PATH and python:module:function models, which run code you supply.")(fn)
+
+
+def preprocessing_of(preset: str | None, image_size: int | None, resize: int | None, mean: tuple[float, ...] | None,
+                     std: tuple[float, ...] | None):
+    """The :class:`~compat.preprocessing.Preprocessing` the options give, or ``None`` when none is given."""
+    from compat.preprocessing import resolve_preprocessing
+
+    if preset is None and image_size is None and resize is None and mean is None and std is None:
+        return None
+    return resolve_preprocessing(preset, image_size=image_size, resize=resize, mean=mean, std=std)
+
+
+def relevance(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--qrels, --exclude: what counts as a positive under the query-gallery protocol."""
+    from compat.retrieval.query_gallery import Exclude
+
+    fn = click.option("--exclude", type=choice(Exclude), default=Exclude.NONE.value, show_default=True,
+                      help="query-gallery: same-group ignores gallery items that would be positives and share the "
+                      "query's group (re-identification: same identity, same camera); needs 'groups' in the features.")(fn)
+    return click.option("--qrels", type=click.Path(path_type=Path), default=None,
+                        help="query-gallery: relevance file (CSV query_id,gallery_id,relevance with positive or "
+                        "junk) replacing label relevance; junk is removed from the ranking.")(fn)
+
+
 def evaluator_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """--similarity, --dim-policy, --backend, --device, --memory-budget: how cells are computed."""
     for option in (memory_budget, device, backend, dim_policy, similarity):
@@ -155,11 +211,13 @@ def evaluator_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def extraction_spec(dataset: str | None, data_root: str | None, split: str, batch_size: int, device: str,
-                    quiet: bool):
+                    quiet: bool, preprocessing=None):
     """The gate's :class:`compat.gate.ExtractionSpec` of the ``--dataset`` and :func:`extraction` options
-    (None without ``--dataset``: model sources are then refused when loaded)."""
+    (None without ``--dataset``: model sources are then refused when loaded); ``preprocessing`` (from
+    :func:`preprocessing_of`) prepares the images of ``torchscript:`` / ``python:`` models."""
     if dataset is None:
         return None
     from compat.gate.inputs import ExtractionSpec
 
-    return ExtractionSpec(dataset, data_root, split, device=device, batch_size=batch_size, progress=not quiet)
+    return ExtractionSpec(dataset, data_root, split, device=device, batch_size=batch_size, progress=not quiet,
+                          preprocessing=preprocessing)

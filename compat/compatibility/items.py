@@ -113,7 +113,8 @@ def restrict(fs: FeatureSet, ids: np.ndarray) -> FeatureSet:
     keep = np.flatnonzero(np.isin(fs.ids, ids))
     if len(keep) == fs.n:
         return fs
-    return FeatureSet(np.ascontiguousarray(fs.features[keep]), fs.labels[keep], fs.ids[keep], dict(fs.meta), fs.source)
+    return FeatureSet(np.ascontiguousarray(fs.features[keep]), fs.labels[keep], fs.ids[keep], dict(fs.meta), fs.source,
+                      None if fs.groups is None else fs.groups[keep])
 
 
 def align_chain(versions: Sequence, independent: FeatureSet | None, *, protocol: Protocol,
@@ -129,7 +130,12 @@ def align_chain(versions: Sequence, independent: FeatureSet | None, *, protocol:
     sets = [(v.name, v.gallery) for v in versions]
     if independent is not None:
         sets.append(("independent", independent))
-    check_labels(sets + [(f"{v.name} (queries)", v.query) for v in versions if v.query is not None])
+    queries = [(f"{v.name} (queries)", v.query) for v in versions if v.query is not None]
+    if protocol is Protocol.QUERY_GALLERY:  # queries are not gallery items: two id spaces, each checked alone
+        check_labels(sets)
+        check_labels(queries)
+    else:
+        check_labels(sets + queries)
     coverage = check_items(sets, allow_partial=allow_partial) if protocol is Protocol.LOO else None
     if coverage is None:
         return list(versions), independent, None

@@ -11,17 +11,27 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from compat._atomic import write_all_or_nothing
+from compat.compatibility.flips import flips_csv, render_classes, render_flips
 from compat.jsontext import report_json
 from compat.markdown import FAIL_MARK, PASS_MARK, UNDEFINED, escape, num, pct, pp, table
 
 if TYPE_CHECKING:
     from compat.compatibility.matrix import CompatibilityReport
 
-__all__ = ["HEATMAP_NAME", "JSON_NAME", "MARKDOWN_NAME", "plot_heatmaps", "render_markdown", "write_reports"]
+__all__ = [
+    "FLIPS_NAME",
+    "HEATMAP_NAME",
+    "JSON_NAME",
+    "MARKDOWN_NAME",
+    "plot_heatmaps",
+    "render_markdown",
+    "write_reports",
+]
 
 JSON_NAME = "compat.json"
 MARKDOWN_NAME = "compat.md"
 HEATMAP_NAME = "compat.png"
+FLIPS_NAME = "flips.csv"
 
 def _metric_section(report: CompatibilityReport, metric: str) -> list[str]:
     names = [escape(v) for v in report.versions]
@@ -71,7 +81,8 @@ def render_markdown(report: CompatibilityReport) -> str:
 
     Per metric: the lower-triangular matrix in percent (rows: query version, columns: gallery
     version), off-diagonal cells marked ✓ / ✗ by the empirical compatibility criterion, then AC,
-    AM (percent), BC and FC (signed percentage points) and the update gain. Then the query counts.
+    AM (percent), BC and FC (signed percentage points) and the update gain. Then the query counts,
+    the flips, the classes that lost most and any warnings.
     """
     lines = [
         "# Compatibility report",
@@ -87,9 +98,13 @@ def render_markdown(report: CompatibilityReport) -> str:
     ]
     if report.notes:
         lines += ["**Notes**", "", *(f"- {escape(note)}" for note in report.notes), ""]
+    if report.warnings:
+        lines += [*(f"**Warning:** {escape(w)}" for w in report.warnings), ""]
     for metric in report.metrics:
         lines += _metric_section(report, metric)
     lines += _queries_section(report)
+    lines += render_flips(report.flips or ())
+    lines += render_classes(report.classes)
     return "\n".join(lines)
 
 
@@ -175,7 +190,8 @@ def write_reports(
             backfill plot); written and moved in with the three reports.
 
     Returns:
-        The paths of the three files, in the order above, then the extra files.
+        The paths of the three files, in the order above, then ``flips.csv`` (when the protocol ranks
+        items: every protocol but ``pairs``), then the extra files.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -186,4 +202,7 @@ def write_reports(
         MARKDOWN_NAME: lambda p: p.write_text(markdown, encoding="utf-8"),
         HEATMAP_NAME: lambda p: plot_heatmaps(report, p),
     }
+    if report.flips is not None:
+        text = flips_csv(report.flips)
+        writers[FLIPS_NAME] = lambda p: p.write_text(text, encoding="utf-8")
     return write_all_or_nothing(out_dir, writers | dict(extra_files or {}))

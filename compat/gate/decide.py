@@ -19,12 +19,13 @@ from typing import Any
 import numpy as np
 
 from compat.choices import parse_choice
-from compat.compatibility.cell import DimPolicy, evaluate_cell
+from compat.compatibility.cell import DimPolicy, check_cell_inputs, evaluate_cell
 from compat.compatibility.items import check_items, check_labels
 from compat.errors import CompatError
 from compat.features import FeatureSet
 from compat.gate.bootstrap import DEFAULT_RESAMPLES, Interval, Statistic, bootstrap_ci, min_resamples
 from compat.gate.policy import CheckKind, CheckSpec, GatePolicy, Rule
+from compat.preprocessing import preprocessing_warnings
 from compat.progress import progress as progress_bar
 from compat.retrieval.evaluator import Protocol, RetrievalEvaluator
 from compat.retrieval.metrics import RetrievalResult
@@ -35,6 +36,7 @@ __all__ = ["CellMean", "CheckResult", "GateVerdict", "run_gate"]
 logger = logging.getLogger(__name__)
 
 OLD, NEW, INDEPENDENT = "old", "new", "independent"
+TOP1 = "top-1"  # the per-query column of flips: is the first result a positive
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -123,6 +125,7 @@ class GateVerdict:
         checks: in the policy's order.
         inputs: label -> description (source, size, meta) of each feature set used.
         protocol, similarity, confidence, n_resamples, seed: how it was measured.
+        warnings: what the reader should know (inputs extracted with different preprocessing).
     """
 
     passed: bool
@@ -133,6 +136,7 @@ class GateVerdict:
     confidence: float
     n_resamples: int
     seed: int
+    warnings: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """The ``gate.json`` document."""
@@ -145,6 +149,7 @@ class GateVerdict:
             "protocol": self.protocol,
             "similarity": self.similarity,
             "inputs": self.inputs,
+            "warnings": list(self.warnings),
         }
 
     @property
@@ -154,16 +159,21 @@ class GateVerdict:
 
 
 class _Cells:
-    """Evaluates (query model, gallery model) cells once each, under one dimension policy."""
+    """Evaluates (query model, gallery model) cells once each, under one dimension policy.
 
-    def __init__(self, models: dict[str, FeatureSet], evaluator: RetrievalEvaluator, dim_policy: DimPolicy):
+    ``models`` are the galleries; ``queries`` a model's separate query set, where it has one.
+    """
+
+    def __init__(self, models: dict[str, FeatureSet], evaluator: RetrievalEvaluator, dim_policy: DimPolicy,
+                 queries: dict[str, FeatureSet] | None = None):
         self.models, self.evaluator, self.dim_policy = models, evaluator, dim_policy
+        self.queries = {**models, **(queries or {})}
         self._cache: dict[tuple[str, str], RetrievalResult] = {}
 
     def get(self, q: str, g: str) -> RetrievalResult:
         key = (q, g)
         if key not in self._cache:
-            query, gallery = self.models[q], self.models[g]
+            query, gallery = self.queries[q], self.models[g]
             where = f"cell {q} on {g} ({query.source} on {gallery.source})"
             result = evaluate_cell(self.evaluator, query, gallery, dim_policy=self.dim_policy, where=where)
             logger.info("%s on %s: %s", q, g, result.values)
@@ -173,19 +183,22 @@ class _Cells:
     def paired(self, cells: Sequence[tuple[str, str]], metric: str, check: str) -> tuple[np.ndarray, np.ndarray]:
         """(N, len(cells)) per-query values of ``metric``, one row per query id counted in every cell.
 
+        ``metric`` ``"top-1"`` gives each query's top-1 hit (1 when its first result is a positive),
+        which is its CMC@1 value.
+
         Returns:
             The columns and each column's mean. A mean is taken in its query set's own row order, so
             that when every query of a cell is paired it is exactly the cell's value (``compat eval``'s).
         """
         results = [self.get(q, g) for q, g in cells]
-        kinds = {self.models[q].ids.dtype.kind for q, _ in cells}
+        kinds = {self.queries[q].ids.dtype.kind for q, _ in cells}
         if len(kinds) > 1:
-            sources = ", ".join(f"{q}: {self.models[q].source}" for q, _ in dict.fromkeys(cells))
+            sources = ", ".join(f"{q}: {self.queries[q].source}" for q, _ in dict.fromkeys(cells))
             raise CompatError(
                 f"check {check!r}: item ids are integers in some feature sets and strings in others ({sources}); "
                 "queries are paired by id"
             )
-        counted = [self.models[q].ids[r.counted] for (q, _), r in zip(cells, results, strict=True)]
+        counted = [self.queries[q].ids[r.counted] for (q, _), r in zip(cells, results, strict=True)]
         common = functools.reduce(np.intersect1d, counted)
         if len(common) == 0:
             names = ", ".join(f"{q} on {g}" for q, g in cells)
@@ -195,9 +208,10 @@ class _Cells:
             )
         columns, means = [], []
         for (q, _), result in zip(cells, results, strict=True):
-            rows = match_ids(common, self.models[q].ids, required=True, where=f"check {check!r}")
-            columns.append(result.per_query[metric][rows])
-            means.append(result.per_query[metric][np.sort(rows)].mean())
+            values = result.hit1.astype(np.float64) if metric == TOP1 else result.per_query[metric]
+            rows = match_ids(common, self.queries[q].ids, required=True, where=f"check {check!r}")
+            columns.append(values[rows])
+            means.append(values[np.sort(rows)].mean())
         return np.stack(columns, axis=1), np.array(means)
 
 
@@ -215,6 +229,15 @@ def _max_drop(means: np.ndarray) -> np.ndarray:
     return (means[:, 0::2] - means[:, 1::2]).max(axis=1)
 
 
+def _first_column(means: np.ndarray) -> np.ndarray:
+    return means[:, 0]
+
+
+def _negative_flips(columns: np.ndarray) -> np.ndarray:
+    """(N, 1): 1 where the query is right at top-1 under (old, old) (column 1) and wrong under (new, old)."""
+    return (columns[:, 1] * (1.0 - columns[:, 0]))[:, None]
+
+
 def _cells_of(spec: CheckSpec, older: Sequence[str]) -> tuple[list[tuple[str, str]], Statistic]:
     """The cells a check compares, in the column order its statistic expects."""
     if spec.kind is CheckKind.COMPATIBILITY:
@@ -223,18 +246,26 @@ def _cells_of(spec: CheckSpec, older: Sequence[str]) -> tuple[list[tuple[str, st
         return [(NEW, NEW), (OLD, OLD)], _difference
     if spec.kind is CheckKind.UPDATE_GAIN:
         return [(NEW, OLD), (OLD, OLD), (INDEPENDENT, INDEPENDENT)], _update_gain
+    if spec.kind is CheckKind.NEGATIVE_FLIPS:
+        return [(NEW, OLD), (OLD, OLD)], _first_column
     return [cell for g in older for cell in ((OLD, g), (NEW, g))], _max_drop
 
 
 def _decide(spec: CheckSpec, ci: Interval) -> bool:
     """The check's rule on its interval; a ratio that is undefined on the whole sample fails."""
-    if spec.kind is not CheckKind.MAX_DROP and not math.isfinite(ci.value):
+    if not spec.kind.bounds_a_loss and not math.isfinite(ci.value):
         return False
     return spec.kind.rule.passes(ci.low, ci.high, spec.threshold)
 
 
 def _describe(fs: FeatureSet) -> dict[str, Any]:
     return {"source": fs.source, "n": fs.n, "dim": fs.dim, "meta": fs.meta}
+
+
+def _inputs(models: dict[str, FeatureSet], queries: dict[str, FeatureSet]) -> dict[str, dict[str, Any]]:
+    """``gate.json``'s inputs: every gallery by label, then the separate query sets (``old.query``)."""
+    return {label: _describe(fs) for label, fs in models.items()} | {
+        f"{label}.query": _describe(fs) for label, fs in queries.items()}
 
 
 def run_gate(
@@ -249,6 +280,9 @@ def run_gate(
     n_resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
     progress: bool = False,
+    old_query: FeatureSet | None = None,
+    new_query: FeatureSet | None = None,
+    independent_query: FeatureSet | None = None,
 ) -> GateVerdict:
     """Decide whether ``new`` may replace ``old`` under ``policy``.
 
@@ -259,13 +293,16 @@ def run_gate(
         chain: features of older galleries still in the index, oldest first (``max_drop``).
         independent: features of a model trained without compatibility (``update_gain``); without
             it an ``update_gain`` check is skipped, or is an error when required.
-        evaluator: configured retrieval (protocol ``loo`` or ``template``, similarity, backend);
-            default: leave-one-out, cosine, with the policy's metrics. It must compute them all.
+        evaluator: configured retrieval (protocol ``loo``, ``query-gallery`` or ``template``,
+            similarity, backend); default: leave-one-out, cosine, with the policy's metrics. It must
+            compute them all.
         dim_policy: when feature sizes differ: ``error``, ``truncate`` or ``pad``.
         n_resamples: bootstrap resamples per check, at least :func:`compat.gate.bootstrap.min_resamples`
             of the policy's confidence (100 at 95%).
         seed: seed of the bootstrap.
         progress: a bar over the checks on a terminal.
+        old_query, new_query, independent_query: separate query sets of those models (required by
+            the query-gallery protocol; ``old``, ``new`` and ``independent`` are then their galleries).
 
     Raises:
         CompatError: bad input (sizes, ids, a metric the evaluator does not compute, a required
@@ -283,10 +320,12 @@ def run_gate(
     models = {OLD: old, NEW: new, **dict(zip(older[:-1], chain, strict=True))}
     if independent is not None:
         models[INDEPENDENT] = independent
-    if evaluator.protocol is Protocol.LOO:  # cells compared query by query must be over the same items
-        check_items(list(models.items()))
-    check_labels(list(models.items()))
-    cells = _Cells(models, evaluator, dims)
+    if independent_query is not None and independent is None:
+        raise CompatError("--independent-query: needs --independent (the independent model's gallery)")
+    given = {OLD: old_query, NEW: new_query, INDEPENDENT: independent_query}
+    queries = {label: fs for label, fs in given.items() if fs is not None}
+    _check_queries(evaluator, models, queries)
+    cells = _Cells(models, evaluator, dims, queries)
     results = []
     for spec in progress_bar(policy.checks, desc="gate checks", enabled=progress):
         if spec.kind is CheckKind.UPDATE_GAIN and independent is None:
@@ -298,19 +337,21 @@ def run_gate(
     return GateVerdict(
         passed=all(c.passed for c in results if c.required),
         checks=tuple(results),
-        inputs={label: _describe(fs) for label, fs in models.items()},
+        inputs=_inputs(models, queries),
         protocol=evaluator.protocol.value,
         similarity=evaluator.similarity.value,
         confidence=policy.confidence,
         n_resamples=n_resamples,
         seed=seed,
+        warnings=tuple(preprocessing_warnings([*((k, v.meta) for k, v in models.items()),
+                                               *((f"{k}.query", v.meta) for k, v in queries.items())])),
     )
 
 
 def _check_inputs(policy: GatePolicy, evaluator: RetrievalEvaluator, independent: FeatureSet | None) -> None:
     """The evaluator can compute what the policy needs, and a required check has its input."""
     if evaluator.protocol is Protocol.PAIRS:
-        raise CompatError("protocol: the gate needs per-query values; use protocol loo or template, not pairs")
+        raise CompatError("protocol: the gate needs per-query values; use protocol loo, query-gallery or template, not pairs")
     missing = [m for m in policy.metrics if m not in evaluator.metric_names]
     if missing:
         raise CompatError(f"evaluator: it does not compute {', '.join(missing)}, which the policy's checks use")
@@ -322,12 +363,30 @@ def _check_inputs(policy: GatePolicy, evaluator: RetrievalEvaluator, independent
             )
 
 
+def _check_queries(evaluator: RetrievalEvaluator, models: dict[str, FeatureSet], queries: dict[str, FeatureSet]) -> None:
+    """The query-gallery protocol has a query set for every model that queries; the sets fit the protocol;
+    under ``loo`` every model holds the same items; an id has one label in every set."""
+    if evaluator.protocol is Protocol.QUERY_GALLERY:
+        for label in (OLD, NEW, INDEPENDENT):
+            if label in models and label not in queries:
+                raise CompatError(f"--{label}-query: the query-gallery protocol needs the {label} model's query "
+                                  f"features besides its gallery ({models[label].source})")
+    querying = [queries.get(label, models[label]) for label in (OLD, NEW, INDEPENDENT) if label in models]
+    check_cell_inputs(evaluator, querying, list(models.values()))
+    if evaluator.protocol is Protocol.LOO:  # cells compared query by query must be over the same items
+        check_items(list(models.items()))
+    check_labels(list(models.items()))
+    check_labels([(f"{label} (queries)", fs) for label, fs in queries.items()])
+
+
 def _run_check(
     spec: CheckSpec, cells: _Cells, older: list[str], confidence: float, n_resamples: int, seed: int
 ) -> CheckResult:
     pairs, statistic = _cells_of(spec, older)
-    columns, means = cells.paired(pairs, spec.metric, spec.label)
-    ci = bootstrap_ci(columns, statistic, n_resamples=n_resamples, confidence=confidence, seed=seed)
+    flips = spec.kind is CheckKind.NEGATIVE_FLIPS
+    columns, means = cells.paired(pairs, TOP1 if flips else spec.metric, spec.label)
+    sample = _negative_flips(columns) if flips else columns
+    ci = bootstrap_ci(sample, statistic, n_resamples=n_resamples, confidence=confidence, seed=seed)
     details: list[dict[str, Any]] = []
     note = ""
     if spec.kind is CheckKind.MAX_DROP:

@@ -55,17 +55,25 @@ class CheckKind(str, Enum):
     ``max_drop``: ``max_g M(old, g) - M(new, g)`` over every gallery older than the candidate (the
     production gallery and any older ones of the chain): the worst loss a search suffers when the
     candidate's queries replace the production model's.
+    ``negative_flips``: the fraction of queries that ``M(old, old)`` answers right at top-1 and
+    ``M(new, old)`` wrong: the users a release makes worse off, however good the average.
     """
 
     COMPATIBILITY = "compatibility"
     IMPROVEMENT = "improvement"
     UPDATE_GAIN = "update_gain"
     MAX_DROP = "max_drop"
+    NEGATIVE_FLIPS = "negative_flips"
+
+    @property
+    def bounds_a_loss(self) -> bool:
+        """The value is a loss that must stay small: passes on the interval's high end, threshold >= 0."""
+        return self in (CheckKind.MAX_DROP, CheckKind.NEGATIVE_FLIPS)
 
     @property
     def rule(self) -> Rule:
         """How the confidence interval decides the check."""
-        if self is CheckKind.MAX_DROP:
+        if self.bounds_a_loss:
             return Rule(Bound.HIGH, "<=")
         if self is CheckKind.UPDATE_GAIN:
             return Rule(Bound.LOW, ">=")
@@ -83,7 +91,8 @@ class CheckSpec(_Strict):
         kind: what is measured (:class:`CheckKind`).
         metric: ``cmc@K``, ``map`` or ``map@r``; values are fractions in [0, 1].
         threshold: a difference of fractions (``compatibility``, ``improvement``), a gain ratio
-            (``update_gain``) or the largest drop allowed (``max_drop``, >= 0).
+            (``update_gain``), the largest drop allowed (``max_drop``, >= 0) or the largest fraction of
+            queries allowed to flip from right to wrong (``negative_flips``, >= 0; metric ``cmc@1``).
         required: a failing required check fails the gate; others are reported only.
         name: unique within the policy; default ``"<kind> <metric>"``.
     """
@@ -113,6 +122,11 @@ class CheckSpec(_Strict):
     def _check(self) -> CheckSpec:
         if self.kind is CheckKind.MAX_DROP and self.threshold < 0:
             raise ValueError(f"max_drop: threshold is the largest drop allowed, expected >= 0, got {self.threshold}")
+        if self.kind is CheckKind.NEGATIVE_FLIPS and not 0 <= self.threshold <= 1:
+            raise ValueError("negative_flips: threshold is the largest fraction of queries allowed to flip, expected "
+                             f"a value in [0, 1], got {self.threshold}")
+        if self.kind is CheckKind.NEGATIVE_FLIPS and self.metric != "cmc@1":
+            raise ValueError(f"negative_flips: flips are defined at top-1; metric must be cmc@1, got {self.metric!r}")
         if self.name is not None and not self.name.strip():
             raise ValueError("name: expected a non-empty name")
         return self

@@ -26,6 +26,8 @@ def _fmt(check: CheckResult, x: float | None, *, bound: str = "") -> str:
         return {"low": "-inf", "high": "+inf"}.get(bound, "n/a")
     if check.kind is CheckKind.UPDATE_GAIN:
         return f"{x:.3f}"
+    if check.kind is CheckKind.NEGATIVE_FLIPS:
+        return f"{100 * x:.2f}%"
     return f"{100 * x:+.2f} pp"
 
 
@@ -79,6 +81,7 @@ def render_markdown(verdict: GateVerdict, promotion: Mapping[str, Any] | None = 
             text += f"; {escape(c.note)}"
         lines.append(text)
     lines += ["", "M(q, g): queries of model q against the gallery of model g, in percent."]
+    lines += [f"\n**Warning:** {escape(w)}" for w in verdict.warnings]
     if promotion:
         lines += [
             "",

@@ -90,6 +90,11 @@ class RetrievalResult:
     per-query value (CMC hit 0/1, AP, AP@R or reciprocal rank), and the (Nq,) boolean mask of the
     queries with a positive, over which ``values`` are the means. They let a caller pair two cells
     query by query (the gate's bootstrap intervals).
+
+    ``top1`` and ``hit1`` (ranking protocols only) are each query's first result, as the CMC ranks it
+    (ties to the lower gallery index): its gallery index (-1 when nothing could be retrieved; for
+    ``template``, the index of the class in the sorted gallery labels) and whether it is a positive.
+    They are what flips compare (:mod:`compat.compatibility.flips`).
     """
 
     values: dict[str, float | None]
@@ -97,6 +102,8 @@ class RetrievalResult:
     n_without_positive: int
     per_query: dict[str, np.ndarray] | None = field(default=None, compare=False, repr=False)
     counted: np.ndarray | None = field(default=None, compare=False, repr=False)
+    top1: np.ndarray | None = field(default=None, compare=False, repr=False)
+    hit1: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def __getitem__(self, metric: str) -> float | None:
         return self.values[metric]

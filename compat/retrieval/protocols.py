@@ -70,7 +70,8 @@ def _cmc_hits(first_rank: np.ndarray, metrics: tuple[Metric, ...]) -> dict[str, 
     return {m.name: (first_rank <= m.k).astype(np.float64) for m in metrics if m.kind is MetricKind.CMC}
 
 
-def _result(per_query: dict[str, np.ndarray], has_pos: np.ndarray, metrics: tuple[Metric, ...]) -> RetrievalResult:
+def _result(per_query: dict[str, np.ndarray], has_pos: np.ndarray, metrics: tuple[Metric, ...], *,
+            top1: np.ndarray | None = None, hit1: np.ndarray | None = None) -> RetrievalResult:
     """The cell's means over the queries with a positive; ``None`` (undefined, not 0) when there are none."""
     n_eval = int(has_pos.sum())
     values = {m.name: (float(per_query[m.name][has_pos].mean()) if n_eval else None) for m in metrics}
@@ -80,6 +81,8 @@ def _result(per_query: dict[str, np.ndarray], has_pos: np.ndarray, metrics: tupl
         n_without_positive=len(has_pos) - n_eval,
         per_query={m.name: per_query[m.name] for m in metrics},
         counted=has_pos,
+        top1=top1,
+        hit1=None if hit1 is None else hit1 & has_pos,
     )
 
 
@@ -134,28 +137,38 @@ def leave_one_out(
             memory_budget=memory_budget,
             progress=progress,
         )
-        per_query.update(_cmc_hits(_first_positive(idx, gallery_labels, query_labels), metrics))
-        return _result(per_query, has_pos, metrics)
+        first = _first_positive(idx, gallery_labels, query_labels)
+        per_query.update(_cmc_hits(first, metrics))
+        return _result(per_query, has_pos, metrics, top1=idx[:, 0].copy(), hit1=first == 1)
+    top1 = np.full(len(query), -1, dtype=np.int64)
+    hit1 = np.zeros(len(query), dtype=bool)
     for start, scores, _, top_i in scored_chunks(
         query, gallery, kmax, similarity=similarity, device=device, exclude=exclude, memory_budget=memory_budget,
         progress=progress,
     ):
         rows = np.arange(start, start + scores.shape[0])
-        for name, hits in _cmc_hits(_first_positive(top_i, gallery_labels, query_labels[rows]), metrics).items():
+        first = _first_positive(top_i, gallery_labels, query_labels[rows])
+        for name, hits in _cmc_hits(first, metrics).items():
             per_query[name][rows] = hits
+        top1[rows], hit1[rows] = top_i[:, 0], first == 1
         live = rows[has_pos[rows]]
         positives = [_without(members[int(query_labels[r])], exclude[r]) for r in live]
-        local = live - start
-        if scores.device.type == "cpu":
-            ranks = positive_ranks_numpy(scores.numpy()[local], positives, threads=threads)
-        else:
-            ranks = positive_ranks_torch(scores[local], positives)
-        for r, rk in zip(live, ranks, strict=True):
-            if "map" in per_query:
-                per_query["map"][r] = average_precision(rk)
-            if "map@r" in per_query:
-                per_query["map@r"][r] = average_precision_at_r(rk)
-    return _result(per_query, has_pos, metrics)
+        _ranking_metrics(scores, live - start, live, positives, per_query, threads)
+    return _result(per_query, has_pos, metrics, top1=top1, hit1=hit1)
+
+
+def _ranking_metrics(scores, local: np.ndarray, rows: np.ndarray, positives: list[np.ndarray],
+                     per_query: dict[str, np.ndarray], threads: int) -> None:
+    """AP and AP@R of queries ``rows`` (rows ``local`` of the chunk's score tensor) into ``per_query``."""
+    if scores.device.type == "cpu":
+        ranks = positive_ranks_numpy(scores.numpy()[local], positives, threads=threads)
+    else:
+        ranks = positive_ranks_torch(scores[local], positives)
+    for r, rk in zip(rows, ranks, strict=True):
+        if "map" in per_query:
+            per_query["map"][r] = average_precision(rk)
+        if "map@r" in per_query:
+            per_query["map@r"][r] = average_precision_at_r(rk)
 
 
 def _without(members: np.ndarray, excluded: int) -> np.ndarray:
@@ -201,6 +214,7 @@ def template_identification(
     q_class = np.searchsorted(classes, query_labels)
     known = (q_class < len(classes)) & (classes[np.minimum(q_class, len(classes) - 1)] == query_labels)
     per_query = {m.name: np.zeros(len(query)) for m in metrics}
+    top1 = np.full(len(query), -1, dtype=np.int64)
     has_pos = known.copy()
     q_rows = max(1, min(len(query), memory_budget // (8 * (len(classes) + 2 * query.shape[1]))))
     for s in range(0, len(query), q_rows):
@@ -222,7 +236,9 @@ def template_identification(
         rank = (better + 1).astype(np.float64)
         for m in metrics:
             per_query[m.name][r] = (rank <= m.k) if m.kind is MetricKind.CMC else 1.0 / rank
-    return _result(per_query, has_pos, metrics)
+        top1[r] = np.argmax(scores, axis=1)  # the first maximum: ties to the lower class label
+    hit1 = (top1 == np.minimum(q_class, len(classes) - 1)) & known
+    return _result(per_query, has_pos, metrics, top1=top1, hit1=hit1)
 
 
 def _finish_templates(means: np.ndarray, similarity: Similarity) -> np.ndarray:

@@ -147,6 +147,14 @@ class EvalConfig(_Strict):
         parse_memory_budget(value)  # a CompatError is a ValueError: pydantic reports it with the key
         return value
 
+    @field_validator("protocol")
+    @classmethod
+    def _one_split(cls, value: Protocol) -> Protocol:
+        if value is Protocol.QUERY_GALLERY:  # refused before training, not after
+            raise ValueError("a recipe evaluates one split (loo, template or pairs); query-gallery needs separate "
+                             "query and gallery sets: extract them and run compat eval --protocol query-gallery")
+        return value
+
 
 class AdapterSpec(_Strict):
     """One backward adapter to train: ``perp``, ``lambda`` (radius ``lam``) or ``procrustes``."""
