@@ -31,13 +31,18 @@ __all__ = ["eval_command"]
 @click.option("--metric", "metrics", multiple=True,
               help="cmc@K, map, map@r (loo); cmc@K, map (template); acc (pairs). Default: cmc@1 cmc@5 map.")
 @options.evaluator_options
+@options.index
+@click.option("--index-file", "index_files", type=options.NamedPath(), multiple=True,
+              help="Search NAME's gallery through this stored faiss index as it is (read-only): NAME=PATH.")
+@click.option("--index-ids", "index_ids", type=options.NamedPath(), multiple=True,
+              help="NAME=IDS.npy: the gallery id of each vector of NAME's stored index, when it has no IndexIDMap.")
 @click.option("--independent", type=click.Path(path_type=Path), default=None,
               help="Features of the newest model trained without compatibility: the update gain's upper bound.")
 @click.option("--pairs", "n_pairs", type=click.IntRange(min=1), default=DEFAULT_PAIRS, show_default=True,
               help="Positive (and as many negative) pairs for --protocol pairs.")
 @click.option("--folds", type=click.IntRange(min=2), default=DEFAULT_FOLDS, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True,
-              help="Seed of the pair sampler and of the random backfill ordering.")
+              help="Seed of the pair sampler, the random backfill ordering and the index's training sample.")
 @click.option("--ties-pass", is_flag=True,
               help="Count M(new, old) == M(old, old) as compatible (default: a tie fails).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("compat-report"), show_default=True)
@@ -47,8 +52,9 @@ __all__ = ["eval_command"]
 def eval_command(versions: tuple[tuple[str, Path], ...], queries: tuple[tuple[str, Path], ...],
                  adapters: tuple[tuple[str, str, Path], ...], backfill: tuple[str, ...], backfill_points: int,
                  protocol: str, metrics: tuple[str, ...], similarity: str, dim_policy: str, backend: str, device: str,
-                 memory_budget: str, independent: Path | None, n_pairs: int, folds: int, seed: int, ties_pass: bool,
-                 out: Path, track: bool, experiment: str | None, quiet: bool) -> None:
+                 memory_budget: str, index: options.IndexOptions, index_files: tuple[tuple[str, Path], ...],
+                 index_ids: tuple[tuple[str, Path], ...], independent: Path | None, n_pairs: int, folds: int,
+                 seed: int, ties_pass: bool, out: Path, track: bool, experiment: str | None, quiet: bool) -> None:
     """Evaluate a chain of versions: every version's queries against every older gallery.
 
     Writes compat.json, compat.md and compat.png under --out (and backfill.png with --backfill).
@@ -57,6 +63,14 @@ def eval_command(versions: tuple[tuple[str, Path], ...], queries: tuple[tuple[st
     from compat.retrieval.evaluator import RetrievalEvaluator
 
     chain = _load_chain(versions, queries)
+    setup = _index_setup(index, index_files, index_ids, seed)
+    if setup is not None:
+        if adapters or backfill:
+            raise CompatError("--index: cannot be combined with --adapter or --backfill")
+        from compat.compatibility.indexed import with_index_metrics
+        from compat.retrieval.evaluator import DEFAULT_METRICS
+
+        metrics = with_index_metrics(metrics or DEFAULT_METRICS, setup.spec.k)
     evaluator = RetrievalEvaluator(metrics or None, protocol=protocol, similarity=similarity, backend=backend,
                                    device=device, memory_budget=memory_budget, pairs=n_pairs, folds=folds, seed=seed,
                                    progress=not quiet)
@@ -65,7 +79,7 @@ def eval_command(versions: tuple[tuple[str, Path], ...], queries: tuple[tuple[st
     if adapters or backfill:
         report, files = _eval_adapted(chain, evaluator, adapters, backfill, backfill_points, seed, out, settings)
     else:
-        report, files = _eval_plain(chain, evaluator, out, settings)
+        report, files = _eval_plain(chain, evaluator, out, settings | {"index": setup})
     click.echo(f"reports written to {out}/")
 
     from compat.tracking import log_evaluation, tracking_enabled
@@ -90,6 +104,23 @@ def _load_chain(versions: tuple[tuple[str, Path], ...], queries: tuple[tuple[str
     query_paths = dict(queries)
     return [Version(name, load_features(path), load_features(query_paths[name]) if name in query_paths else None)
             for name, path in versions]
+
+
+def _index_setup(index: options.IndexOptions, files: tuple[tuple[str, Path], ...],
+                 ids: tuple[tuple[str, Path], ...], seed: int):
+    """The ``IndexSetup`` of the index options, or ``None`` when no index is named."""
+    from compat.compatibility.indexed import IndexFile, IndexSetup
+
+    options.unique_names(files, "--index-file")
+    options.unique_names(ids, "--index-ids")
+    stored = dict(files)
+    for name, _ in ids:
+        if name not in stored:
+            raise CompatError(f"--index-ids: {name!r} has no --index-file")
+    spec = index.spec(seed, stored=bool(stored))
+    if spec is None:
+        return None
+    return IndexSetup(spec, {name: IndexFile(path, dict(ids).get(name)) for name, path in stored.items()})
 
 
 def _eval_plain(chain, evaluator, out: Path, settings: dict):

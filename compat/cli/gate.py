@@ -30,9 +30,11 @@ __all__ = ["gate_command"]
 @click.option("--protocol", type=click.Choice([Protocol.LOO.value, Protocol.TEMPLATE.value]),
               default=Protocol.LOO.value, show_default=True, help="The gate needs per-query values: loo or template.")
 @options.evaluator_options
+@options.index
 @click.option("--n-resamples", type=click.IntRange(min=1), default=DEFAULT_RESAMPLES, show_default=True,
               help="Bootstrap resamples per check.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the bootstrap (and of --index's training sample).")
 @click.option("--promote", "promote_name", default=None, metavar="NAME",
               help="On a pass, register the candidate (model file or models:/ URI) as NAME and move @champion to it.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("gate-report"), show_default=True)
@@ -40,8 +42,9 @@ __all__ = ["gate_command"]
 @options.fail_cleanly
 def gate_command(old: str, new: str, chain: tuple[str, ...], independent: str | None, policy_path: Path | None,
                  dataset: str | None, data_root: str | None, split: str, batch_size: int, protocol: str,
-                 similarity: str, dim_policy: str, backend: str, device: str, memory_budget: str, n_resamples: int,
-                 seed: int, promote_name: str | None, out: Path, quiet: bool) -> None:
+                 similarity: str, dim_policy: str, backend: str, device: str, memory_budget: str,
+                 index: options.IndexOptions, n_resamples: int, seed: int, promote_name: str | None, out: Path,
+                 quiet: bool) -> None:
     """Decide whether the NEW model may replace the OLD one and query its gallery.
 
     Exit code 0: every required check of the policy passed; 1: one failed; 2: bad input.
@@ -54,6 +57,7 @@ def gate_command(old: str, new: str, chain: tuple[str, ...], independent: str | 
         raise CompatError(f"--promote: the candidate {new} is a feature set; promotion needs a model file (.pt) "
                           "or a models:/ URI as --new")
     policy = load_policy(policy_path)
+    index_spec = index.spec(seed)
     evaluator = RetrievalEvaluator(policy.metrics, protocol=protocol, similarity=similarity, backend=backend,
                                    device=device, memory_budget=memory_budget, progress=not quiet)
     extraction = None
@@ -65,7 +69,8 @@ def gate_command(old: str, new: str, chain: tuple[str, ...], independent: str | 
     chain_fs = [load_source(src, option="--chain", extraction=extraction) for src in chain]
     ind_fs = load_source(independent, option="--independent", extraction=extraction) if independent else None
     verdict = run_gate(old_fs, new_fs, policy, chain=chain_fs, independent=ind_fs, evaluator=evaluator,
-                       dim_policy=dim_policy, n_resamples=n_resamples, seed=seed, progress=not quiet)
+                       dim_policy=dim_policy, n_resamples=n_resamples, seed=seed, progress=not quiet,
+                       index=index_spec)
     _report(verdict, new, promote_name, out)
     if not verdict.passed:
         sys.exit(EXIT_GATE_FAILED)

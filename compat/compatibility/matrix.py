@@ -17,6 +17,8 @@ import numpy as np
 
 from compat.choices import parse_choice
 from compat.compatibility.cell import DimPolicy, evaluate_cell
+from compat.compatibility.index_report import IndexedChain, IndexReport
+from compat.compatibility.indexed import IndexSetup
 from compat.compatibility.summary import MetricSummary, summarize
 from compat.errors import CompatError
 from compat.features import FeatureSet
@@ -82,6 +84,7 @@ class CompatibilityReport:
         matrices: metric -> T x T list, ``[i][j]`` for j <= i, ``None`` above the diagonal.
         summary: metric -> AC / AM / BC / FC / ECC / update gain.
         queries: T x T counts of queries evaluated and queries without any positive.
+        index: the same chain through each gallery's approximate index, when one was named.
     """
 
     versions: tuple[str, ...]
@@ -90,10 +93,11 @@ class CompatibilityReport:
     matrices: dict[str, list[list[float | None]]]
     summary: dict[str, MetricSummary]
     queries: list[list[CellCount | None]]
+    index: IndexReport | None = None
 
     def to_json(self) -> dict:
         """The ``compat.json`` document (schema in docs/design.md)."""
-        return {
+        out = {
             "versions": list(self.versions),
             "protocol": self.protocol,
             "metrics": {m: self.matrices[m] for m in self.metrics},
@@ -103,6 +107,9 @@ class CompatibilityReport:
             "queries": [[None if c is None else {"n": c.n_queries, "without_positive": c.n_without_positive}
                          for c in row] for row in self.queries],
         }
+        if self.index is not None:
+            out["index"] = self.index.to_json()
+        return out
 
     def cell(self, metric: str, query_version: str, gallery_version: str) -> float | None:
         return self.matrices[metric][self.versions.index(query_version)][self.versions.index(gallery_version)]
@@ -127,6 +134,7 @@ def evaluate_chain(
     strict: bool = True,
     independent: FeatureSet | None = None,
     progress: Callable[[Cell, RetrievalResult], None] | None = None,
+    index: IndexSetup | None = None,
 ) -> CompatibilityReport:
     """Evaluate every cell j <= i of a version chain and summarise each metric.
 
@@ -139,6 +147,8 @@ def evaluate_chain(
         independent: features of the newest model trained without any compatibility constraint;
             its self-evaluation is the update gain's upper bound (else the newest version's own).
         progress: called after each cell.
+        index: also search every cell through its gallery's approximate index (built once per
+            gallery version from ``index.spec``, or a stored file), as production does.
     """
     _check_versions(versions)
     policy = parse_choice(DimPolicy, dim_policy, "dim_policy")
@@ -147,6 +157,9 @@ def evaluate_chain(
     metric_names = evaluator.metric_names
     matrices: dict[str, list[list[float | None]]] = {m: [[None] * t for _ in range(t)] for m in metric_names}
     counts: list[list[CellCount | None]] = [[None] * t for _ in range(t)]
+    ann = None if index is None else IndexedChain(index, evaluator, names, policy)
+    if ann is not None:
+        ann.prepare([v.gallery for v in versions])
     for i, qv in enumerate(versions):
         for j in range(i + 1):
             gv = versions[j]
@@ -157,6 +170,8 @@ def evaluate_chain(
             for m in metric_names:
                 matrices[m][i][j] = result.values[m]
             counts[i][j] = CellCount(result.n_queries, result.n_without_positive)
+            if ann is not None:
+                ann.evaluate(i, j, qv.queries, gv.gallery, transform=partial(transform, cell), where=where)
             logger.info("%s on %s: %s", qv.name, gv.name, result.values)
             if progress is not None:
                 progress(cell, result)
@@ -167,4 +182,5 @@ def evaluate_chain(
         m: summarize(matrices[m], strict=strict, reference_self=None if reference is None else reference.values[m])
         for m in metric_names
     }
-    return CompatibilityReport(names, evaluator.protocol.value, metric_names, matrices, summary, counts)
+    index_report = None if ann is None else ann.report(strict=strict, independent=independent)
+    return CompatibilityReport(names, evaluator.protocol.value, metric_names, matrices, summary, counts, index_report)

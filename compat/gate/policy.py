@@ -15,6 +15,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from compat.configfile import read_yaml_mapping, validate_model
+from compat.retrieval.index import IndexSpec
 from compat.retrieval.metrics import parse_metric
 
 __all__ = ["DEFAULT_POLICY", "Bound", "CheckKind", "CheckSpec", "GatePolicy", "Rule", "load_policy"]
@@ -85,6 +86,9 @@ class CheckSpec(_Strict):
             (``update_gain``) or the largest drop allowed (``max_drop``, >= 0).
         required: a failing required check fails the gate; others are reported only.
         name: unique within the policy; default ``"<kind> <metric>"``.
+        index: evaluate the check's cells through each gallery's approximate index built with this
+            faiss factory string (``{factory: IVF1024,PQ16, nprobe: 16}``); its metric must then be
+            one a returned list defines (``cmc@K`` or ``map@K``).
     """
 
     kind: CheckKind
@@ -92,6 +96,7 @@ class CheckSpec(_Strict):
     threshold: float
     required: bool = True
     name: str | None = None
+    index: IndexSpec | None = None
 
     @field_validator("metric")
     @classmethod
@@ -114,6 +119,12 @@ class CheckSpec(_Strict):
             raise ValueError(f"max_drop: threshold is the largest drop allowed, expected >= 0, got {self.threshold}")
         if self.name is not None and not self.name.strip():
             raise ValueError("name: expected a non-empty name")
+        if self.index is not None:
+            if self.index.factory is None:
+                raise ValueError("index: expected a factory string (index: {factory: IVF1024,PQ16, nprobe: 16})")
+            if not parse_metric(self.metric).from_top_k:
+                raise ValueError(f"index: metric {self.metric} needs the full ranking, which an index does not "
+                                 "return; use cmc@K or map@K (e.g. map@10)")
         return self
 
     @property
