@@ -36,10 +36,12 @@ CLASSES = 10
 def make(*, per_class: int = 200, seed: int = 0) -> dict[str, FeatureSet]:
     """The four feature sets (``old``, ``new``, ``old-queries``, ``new-queries``), seeded."""
     rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(CLASSES, DIM))
+    half = DIM // 2
+    centres = np.zeros((CLASSES, DIM))  # class centres in the first half of the coordinates
+    centres[:, :half] = rng.normal(size=(CLASSES, half))
     centres *= 3 / np.linalg.norm(centres, axis=1, keepdims=True)
-    away = rng.normal(size=(CLASSES, DIM))
-    away /= np.linalg.norm(away, axis=1, keepdims=True)
+    away = np.zeros((CLASSES, DIM))  # orthonormal directions in the second half, one per class
+    away[:, half:] = np.linalg.qr(rng.normal(size=(half, half)))[0][:CLASSES]
     labels = np.repeat(np.arange(CLASSES), per_class)
     distractor_labels = 100 + labels
     shift = 6.0

@@ -122,3 +122,29 @@ def test_default_store_is_sqlite_in_current_directory(files: list[Path], tmp_pat
     assert (tmp_path / "mlflow.db").is_file()
     run = MlflowClient(tracking_uri="sqlite:///mlflow.db").get_run(run_id)
     assert run.data.metrics["map.v3_on_v3"] == pytest.approx(0.40)
+
+
+def test_an_index_evaluation_logs_its_cells_summaries_and_recall(tmp_mlflow: str, files: list[Path]) -> None:
+    import numpy as np
+    from mlflow import MlflowClient
+
+    from compat.compatibility import Version, evaluate_chain
+    from compat.compatibility.indexed import IndexSetup
+    from compat.features import FeatureSet
+    from compat.retrieval import RetrievalEvaluator
+    from compat.retrieval.index import IndexSpec
+
+    pytest.importorskip("faiss")
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 25)
+    chain = [Version(f"v{t}", FeatureSet.from_arrays(rng.normal(size=(100, 8)) + labels[:, None], labels))
+             for t in (1, 2)]
+    report = evaluate_chain(chain, RetrievalEvaluator(("cmc@1", "map@10"), device="cpu"),
+                            index=IndexSetup(IndexSpec(factory="IVF2,Flat", nprobe=1)))
+    run = MlflowClient().get_run(log_evaluation(report, inputs={}, files=files))
+    metrics, params = run.data.metrics, run.data.params
+    assert metrics["index.cmc_at_1.v2_on_v1"] == pytest.approx(report.index.matrices["cmc@1"][1][0])
+    assert metrics["index.map_at_10.am"] == pytest.approx(report.index.summary["map@10"].am)
+    assert metrics["index.recall.v1_on_v1"] == pytest.approx(report.index.recall[0][0])
+    assert metrics["cmc_at_1.v2_on_v1"] == pytest.approx(report.matrices["cmc@1"][1][0])
+    assert params["index.factory"] == "IVF2,Flat" and params["index.nprobe"] == "1"

@@ -67,6 +67,8 @@ def eval_command(versions: tuple[tuple[str, Path], ...], queries: tuple[tuple[st
     if setup is not None:
         if adapters or backfill:
             raise CompatError("--index: cannot be combined with --adapter or --backfill")
+        if protocol != Protocol.LOO.value:
+            raise CompatError(f"--index: an index is searched under protocol loo only, not {protocol}")
         from compat.compatibility.indexed import with_index_metrics
         from compat.retrieval.evaluator import DEFAULT_METRICS
 

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from compat.choices import parse_choice
 from compat.errors import CompatError
 from compat.retrieval.knn import Similarity, prepare
 
@@ -177,7 +178,7 @@ def build_index(
     gallery: np.ndarray,
     spec: IndexSpec,
     *,
-    similarity: Similarity = Similarity.COSINE,
+    similarity: Similarity | str = Similarity.COSINE,
     device: str = "cpu",
     where: str = "index",
 ) -> GalleryIndex:
@@ -201,6 +202,7 @@ def build_index(
 
     if spec.factory is None:
         raise CompatError(f"{where}: no index factory string was given")
+    similarity = parse_choice(Similarity, similarity, "similarity")
     n, d = gallery.shape
     try:
         index = faiss.index_factory(d, spec.factory, faiss_metric(similarity))
@@ -284,7 +286,7 @@ def search(
     query: np.ndarray,
     k: int,
     *,
-    similarity: Similarity = Similarity.COSINE,
+    similarity: Similarity | str = Similarity.COSINE,
     exclude: np.ndarray | None = None,
     labels: np.ndarray | None = None,
     positions: np.ndarray | None = None,
@@ -307,6 +309,7 @@ def search(
         ``(D, I)``: (Nq, k) the index's distances (inner products, or squared L2) and gallery
         positions, -1 (and NaN) where the index returned fewer items.
     """
+    similarity = parse_choice(Similarity, similarity, "similarity")
     nq = query.shape[0]
     extra = 0 if exclude is None else 1
     dist = np.full((nq, k), np.nan, dtype=np.float32)

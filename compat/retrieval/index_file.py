@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from compat.choices import parse_choice
 from compat.errors import CompatError
 from compat.retrieval.index import (
     GalleryIndex,
@@ -119,7 +120,7 @@ def load_index(
     gallery_ids: np.ndarray,
     dim: int,
     *,
-    similarity: Similarity = Similarity.COSINE,
+    similarity: Similarity | str = Similarity.COSINE,
     ids_path: str | Path | None = None,
     spec: IndexSpec | None = None,
     device: str = "cpu",
@@ -140,6 +141,7 @@ def load_index(
             that do not map one-to-one to the gallery's.
     """
     where = f"index file {path}"
+    similarity = parse_choice(Similarity, similarity, "similarity")
     index = read_index_file(path, where=where)
     check_index(index, dim=dim, n=len(gallery_ids), similarity=similarity, where=where)
     stored = index_labels(index)
