@@ -167,6 +167,7 @@ class IndexOptions:
     def spec(self, seed: int, *, stored: bool = False):
         """The :class:`~compat.retrieval.index.IndexSpec`, or ``None`` when no index is named
         (``stored``: a stored index file is, so the search parameters apply to it)."""
+        from compat.configfile import validate_model
         from compat.retrieval.index import IndexSpec
 
         if self.factory is None and not stored:
@@ -175,8 +176,9 @@ class IndexOptions:
             if given:
                 raise CompatError(f"{given[0]}: applies to an index; name one with --index FACTORY")
             return None
-        return IndexSpec(factory=self.factory, nprobe=self.nprobe, ef_search=self.ef_search,
-                         train_size=self.train_size, k=self.k, seed=seed)
+        raw = {"factory": self.factory, "nprobe": self.nprobe, "ef_search": self.ef_search,
+               "train_size": self.train_size, "k": self.k, "seed": seed}
+        return validate_model(IndexSpec, raw, "--index")
 
 
 def index(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -1,6 +1,8 @@
 """Compatibility over a chain of model versions: the matrix, its summaries and reports."""
 
 from compat.compatibility.cell import DimPolicy, apply_dim_policy, compatible_dim, evaluate_cell
+from compat.compatibility.index_report import IndexReport
+from compat.compatibility.indexed import IndexFile, IndexSetup, evaluate_index_cell
 from compat.compatibility.matrix import Cell, CompatibilityReport, Version, evaluate_chain
 from compat.compatibility.summary import MetricSummary, ecc_matrix, summarize, update_gain
 
@@ -8,6 +10,9 @@ __all__ = [
     "Cell",
     "CompatibilityReport",
     "DimPolicy",
+    "IndexFile",
+    "IndexReport",
+    "IndexSetup",
     "MetricSummary",
     "Version",
     "apply_dim_policy",
@@ -15,6 +20,7 @@ __all__ = [
     "ecc_matrix",
     "evaluate_cell",
     "evaluate_chain",
+    "evaluate_index_cell",
     "summarize",
     "update_gain",
 ]

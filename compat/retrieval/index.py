@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from compat.choices import parse_choice
 from compat.errors import CompatError
-from compat.retrieval.knn import Similarity, prepare
+from compat.retrieval.knn import Similarity
 
 __all__ = [
     "DEFAULT_INDEX_K",
@@ -33,6 +33,7 @@ __all__ = [
     "describe_index",
     "faiss_message",
     "faiss_metric",
+    "prepare",
     "search",
     "search_parameters",
     "set_search_parameters",
@@ -106,6 +107,17 @@ class GalleryIndex:
         """:func:`search` on this index, with the results as gallery positions."""
         return search(self.index, query, k, similarity=self.similarity, exclude=exclude,
                       labels=self.labels, positions=self.positions)
+
+
+def prepare(block: np.ndarray, similarity: Similarity) -> np.ndarray:
+    """A float32 copy as the index sees it: L2-normalised by ``faiss.normalize_L2`` for cosine (the
+    call a faiss pipeline makes, so that the vectors are bit for bit those of one), as given for l2."""
+    import faiss
+
+    x = np.array(block, dtype=np.float32, order="C", copy=True)
+    if similarity is Similarity.COSINE:
+        faiss.normalize_L2(x)
+    return x
 
 
 def faiss_metric(similarity: Similarity) -> int:

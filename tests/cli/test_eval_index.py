@@ -93,6 +93,7 @@ def test_a_stored_index_is_searched_for_its_version_only(data, tmp_path):
     ("args", "message"),
     [
         (["--index", "IVF4,Bogus"], "'IVF4,Bogus'.*cannot build it"),
+        (["--index", " "], "--index: factory: .*expected a faiss index_factory string"),
         (["--index", "IVF64,Flat", "--index-train-size", "50"], "training on 50 vectors failed"),
         (["--index-file", "v1={l2}"], "uses the L2 metric but similarity cosine needs inner product"),
         (["--index-file", "v1={l2}", "--similarity", "l2", "--index-ids", "v1={wrong}"],
