@@ -199,8 +199,9 @@ def index(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--ef-search", type=click.IntRange(min=1), default=None, help="HNSW search breadth (efSearch)."),
         click.option("--nprobe", type=click.IntRange(min=1), default=None, help="Inverted lists an IVF index visits."),
         click.option("--index", default=None, metavar="FACTORY",
-                     help="Also search every gallery through a faiss index_factory index built on it "
-                          "(e.g. IVF1024,PQ16, HNSW32), as production does."),
+                     help="Also search each gallery through a faiss index_factory index built on it "
+                          "(e.g. IVF1024,PQ16, HNSW32), as production does; in the gate, for every "
+                          "cmc@K / map@K check."),
     ):
         wrapper = option(wrapper)
     return wrapper
