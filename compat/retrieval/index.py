@@ -146,6 +146,8 @@ def _seed_clustering(index: Any, seed: int) -> None:
     import faiss
 
     ivf = faiss.try_extract_index_ivf(index)
+    if ivf is None and hasattr(index, "cp"):  # a faiss-gpu IVF index keeps its own clustering parameters
+        ivf = index
     if ivf is not None:
         ivf.cp.seed = seed
         index = ivf
@@ -223,6 +225,7 @@ def build_index(
             from None
     _seed_clustering(index, spec.seed)
     index = to_device(index, device, where=where)
+    _seed_clustering(index, spec.seed)
     rows = training_rows(n, spec.train_size, spec.seed)
     if not index.is_trained:
         try:
