@@ -31,7 +31,7 @@ import numpy as np
 from compat._atomic import atomic_path, umask
 from compat.errors import CompatError
 
-__all__ = ["FeatureSet", "load_features", "save_features"]
+__all__ = ["FeatureSet", "check_finite", "load_features", "save_features"]
 
 _ARRAYS = ("features", "labels", "ids")
 # Rows checked for NaN/inf per step, so a memory-mapped gallery is never read into RAM whole.
@@ -121,19 +121,21 @@ def _validate(fs: FeatureSet) -> None:
         first = int(np.flatnonzero(counts > 1)[0])
         raise CompatError(f"{src}: field 'ids' must be unique; id {uniq[first].item()!r} appears {counts[first]} times")
     for start in range(0, n, _SCAN_ROWS):
-        block = f[start : start + _SCAN_ROWS]
-        finite = np.isfinite(block).all(axis=1)
-        if not finite.all():
-            row = start + int(np.flatnonzero(~finite)[0])
-            raise CompatError(
-                f"{src}: field 'features' has a NaN or infinite value in row {row}; expected finite values"
-            )
+        check_finite(f[start : start + _SCAN_ROWS], src, start=start)
     if not isinstance(fs.meta, dict):
         raise CompatError(f"{src}: field 'meta' must be a JSON object, got {type(fs.meta).__name__}")
     try:
         json.dumps(fs.meta)
     except (TypeError, ValueError) as exc:
         raise CompatError(f"{src}: field 'meta' is not JSON-serialisable ({exc})") from None
+
+
+def check_finite(block: np.ndarray, source: str, *, start: int = 0) -> None:
+    """Raise naming the first row of ``block`` (rows ``start..``) with a NaN or infinite value."""
+    finite = np.isfinite(block).all(axis=1)
+    if not finite.all():
+        row = start + int(np.flatnonzero(~finite)[0])
+        raise CompatError(f"{source}: field 'features' has a NaN or infinite value in row {row}; expected finite values")
 
 
 def load_features(path: str | os.PathLike[str]) -> FeatureSet:

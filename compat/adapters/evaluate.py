@@ -39,6 +39,7 @@ from compat.adapters.backfill import (
     backfill_curve,
     backfill_order,
     beta_grid,
+    matched_rows,
     parse_ordering,
 )
 from compat.adapters.config import DEFAULT_BACKFILL_POINTS
@@ -282,26 +283,13 @@ def _adapter_cells(report: CompatibilityReport, evaluator: RetrievalEvaluator, a
     return cells
 
 
-def _matched_rows(old: FeatureSet, new: FeatureSet, where: str) -> np.ndarray:
-    """Rows of ``new`` holding each item of ``old`` (by id): backfilling needs them all."""
-    order = np.argsort(new.ids, kind="stable")
-    pos = np.searchsorted(new.ids[order], old.ids)
-    pos = np.minimum(pos, len(order) - 1)
-    rows = order[pos]
-    missing = np.flatnonzero(new.ids[rows] != old.ids)
-    if len(missing):
-        raise CompatError(f"{where}: the new features ({new.source}) lack gallery item "
-                          f"{old.ids[missing[0]].item()!r} of {old.source}; backfilling needs every item")
-    return rows
-
-
 def _curves(evaluator: RetrievalEvaluator, queries: np.ndarray, qfs: FeatureSet, before: np.ndarray,
             after: np.ndarray, gfs: FeatureSet, orderings, betas, seed: int,
             ends: tuple[dict[str, float], dict[str, float]] | None = None) -> tuple[BackfillCurve, ...]:
     """One curve per ordering; ``ends`` are the whole-before and whole-after cells when already known."""
     out = []
     for ordering in orderings:
-        order = backfill_order(ordering, before, gfs.labels, seed=seed)
+        order = backfill_order(ordering, before, gfs.labels, seed=seed, ids=gfs.ids)
         name = ordering.value
         out.append(backfill_curve(evaluator, queries=queries, query_labels=qfs.labels, query_ids=qfs.ids,
                                   before=before, after=after, gallery_labels=gfs.labels, gallery_ids=gfs.ids,
@@ -320,7 +308,7 @@ def _adapter_backfill(evaluator, adapter: Adapter, new: Version, old: Version,
     The curves' end points are the adapter cells already measured (``cells``), not measured again.
     """
     where = f"backfill {new.name}:{old.name}"
-    rows = _matched_rows(old.gallery, new.gallery, where)
+    rows = matched_rows(old.gallery, new.gallery, where)
     after = adapter.to_old(np.asarray(new.gallery.features[rows]))
     starts = [(adapter.old_space(old.gallery.features), AdapterCell.B_OLD)]
     if adapter.has_forward:
@@ -335,7 +323,7 @@ def _adapter_backfill(evaluator, adapter: Adapter, new: Version, old: Version,
 def _raw_backfill(evaluator, new: Version, old: Version, policy: DimPolicy, orderings, betas,
                   seed: int) -> BackfillResult:
     where = f"backfill {new.name}:{old.name}"
-    rows = _matched_rows(old.gallery, new.gallery, where)
+    rows = matched_rows(old.gallery, new.gallery, where)
     after = np.asarray(new.gallery.features[rows])
     before, after = apply_dim_policy(np.asarray(old.gallery.features), after, policy, where=where)
     queries, _ = apply_dim_policy(np.asarray(new.queries.features), before, policy, where=where)

@@ -13,9 +13,12 @@ import sys
 import click
 
 from compat.cli.adapt import adapt_command
+from compat.cli.backfill import backfill_command
 from compat.cli.demo import demo_command
 from compat.cli.evaluate import eval_command
 from compat.cli.gate import gate_command
+from compat.cli.plan_backfill import plan_backfill_command
+from compat.cli.status import status_command
 from compat.cli.train import extract_command, train_command
 from compat.errors import EXIT_BAD_INPUT
 
@@ -31,7 +34,8 @@ def cli(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
-for _command in (eval_command, adapt_command, train_command, extract_command, gate_command, demo_command):
+for _command in (eval_command, adapt_command, train_command, extract_command, gate_command, plan_backfill_command,
+                 backfill_command, status_command, demo_command):
     cli.add_command(_command)
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "dim_policy",
     "evaluator_options",
     "extraction",
+    "extraction_spec",
     "fail_cleanly",
     "index",
     "memory_budget",
@@ -205,3 +206,14 @@ def index(fn: Callable[..., Any]) -> Callable[..., Any]:
     ):
         wrapper = option(wrapper)
     return wrapper
+
+
+def extraction_spec(dataset: str | None, data_root: str | None, split: str, batch_size: int, device: str,
+                    quiet: bool):
+    """The gate's :class:`compat.gate.ExtractionSpec` of the ``--dataset`` and :func:`extraction` options
+    (None without ``--dataset``: model sources are then refused when loaded)."""
+    if dataset is None:
+        return None
+    from compat.gate.inputs import ExtractionSpec
+
+    return ExtractionSpec(dataset, data_root, split, device=device, batch_size=batch_size, progress=not quiet)

@@ -21,7 +21,7 @@ from compat.errors import CompatError
 from compat.features import FeatureSet, load_features
 from compat.gate.registry import download_model, is_model_uri, parse_model_uri, resolve_model_uri
 
-__all__ = ["ExtractionSpec", "SourceKind", "load_source", "source_kind"]
+__all__ = ["ExtractionSpec", "SourceKind", "adapt_source", "load_source", "source_kind"]
 
 MODEL_SUFFIXES = (".pt", ".pth")
 
@@ -110,3 +110,27 @@ def _embed(path: Path, source: str, extraction: ExtractionSpec, meta: dict[str, 
         first = (str(exc).strip().splitlines() or [""])[0]
         raise CompatError(f"{source}: cannot embed dataset {extraction.dataset!r} with this model ({first})") from None
     return FeatureSet(fs.features, fs.labels, fs.ids, fs.meta, source)
+
+
+def adapt_source(fs: FeatureSet, adapter_path: str | Path, *, old_dim: int) -> FeatureSet:
+    """A candidate as deployed with an adapter: its features mapped by ``B`` into the old space.
+
+    Args:
+        fs: the candidate's features as extracted (``new_dim``).
+        adapter_path: an adapter file (:func:`compat.adapters.io.load_adapter`) for these sizes.
+        old_dim: the production model's feature size.
+
+    Returns:
+        ``B(new)`` (``d = min(new_dim, old_dim)`` columns), with ``adapter`` and ``adapter_digest`` in
+        its metadata (a ``compatible_dim`` of the raw features no longer applies and is dropped).
+    """
+    import numpy as np
+
+    from compat.adapters.io import load_adapter
+    from compat.models.extract import file_digest
+
+    adapter = load_adapter(adapter_path)
+    adapter.check_dims(fs.dim, old_dim, where=f"--adapter {adapter_path}")
+    meta = {k: v for k, v in fs.meta.items() if k != "compatible_dim"}
+    meta.update(adapter=str(adapter_path), adapter_digest=file_digest(adapter_path))
+    return FeatureSet(adapter.to_old(np.asarray(fs.features)), fs.labels, fs.ids, meta, f"B({fs.source})")

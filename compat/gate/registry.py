@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -270,6 +270,7 @@ def promote(
     alias: str = CHAMPION,
     previous_alias: str = PREVIOUS,
     tracking_uri: str | None = None,
+    on_version: Callable[[str], None] | None = None,
 ) -> Promotion:
     """Make ``candidate`` the ``alias`` (``champion``) version of registered model ``name``.
 
@@ -282,6 +283,8 @@ def promote(
             as metric names are (:func:`compat.tracking.metric_key`).
         alias, previous_alias: the alias moved to the candidate, and the one given to the version
             that held it before (unless that is the candidate itself).
+        on_version: called with the version (registered and tagged) before any alias moves; if it
+            raises, nothing moves (the gallery ledger records there, :mod:`compat.gate.ledger`).
 
     Returns:
         What moved.
@@ -307,6 +310,8 @@ def promote(
                 )
     else:
         version = register_model(candidate, name, tags=tags, tracking_uri=client.tracking_uri).version
+    if on_version is not None:
+        on_version(version)
     with _registry_errors(f"registered model {name!r}"):
         before = _current(client, name, alias)
         if before is not None and before != version:
