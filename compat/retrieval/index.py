@@ -33,7 +33,7 @@ __all__ = [
     "describe_index",
     "faiss_message",
     "faiss_metric",
-    "prepare",
+    "index_vectors",
     "search",
     "search_parameters",
     "set_search_parameters",
@@ -109,7 +109,7 @@ class GalleryIndex:
                       labels=self.labels, positions=self.positions)
 
 
-def prepare(block: np.ndarray, similarity: Similarity) -> np.ndarray:
+def index_vectors(block: np.ndarray, similarity: Similarity) -> np.ndarray:
     """A float32 copy as the index sees it: L2-normalised by ``faiss.normalize_L2`` for cosine (the
     call a faiss pipeline makes, so that the vectors are bit for bit those of one), as given for l2."""
     import faiss
@@ -229,13 +229,13 @@ def build_index(
     rows = training_rows(n, spec.train_size, spec.seed)
     if not index.is_trained:
         try:
-            index.train(prepare(gallery[rows], similarity))
+            index.train(index_vectors(gallery[rows], similarity))
         except RuntimeError as exc:
             raise CompatError(f"index {spec.factory!r} ({where}): training on {len(rows)} vectors failed "
                               f"({faiss_message(exc)}); give more training vectors (--index-train-size) "
                               "or a smaller index") from None
     for start in range(0, n, _BLOCK_ROWS):
-        index.add(prepare(gallery[start : start + _BLOCK_ROWS], similarity))
+        index.add(index_vectors(gallery[start : start + _BLOCK_ROWS], similarity))
     set_search_parameters(index, spec, where=where)
     logger.info("%s: built %s over %d vectors (trained on %d)", where, spec.factory, n, len(rows))
     return GalleryIndex(index, spec.factory, similarity)
@@ -330,7 +330,7 @@ def search(
     dist = np.full((nq, k), np.nan, dtype=np.float32)
     found = np.full((nq, k), -1, dtype=np.int64)
     for start in range(0, nq, _BLOCK_ROWS):
-        d, i = index.search(prepare(query[start : start + _BLOCK_ROWS], similarity), k + extra)
+        d, i = index.search(index_vectors(query[start : start + _BLOCK_ROWS], similarity), k + extra)
         if labels is not None:
             i = _labels_to_positions(i, labels, positions)
         if exclude is not None:
