@@ -54,21 +54,35 @@ def _params(report: CompatibilityReport, inputs: Mapping[str, Mapping[str, objec
     out = {"protocol": report.protocol, "versions": ",".join(report.versions)}
     for version, meta in inputs.items():
         _flatten(version, meta, out)
+    if report.index is not None:
+        _flatten("index", {"factory": report.index.factory, **report.index.params, **report.index.files}, out)
     return out
 
 
 def _metrics(report: CompatibilityReport) -> dict[str, float]:
+    out = _matrix_metrics("", report.versions, report.metrics, report.matrices, report.summary)
+    if report.index is not None:
+        index = report.index
+        out |= _matrix_metrics("index.", report.versions, index.metrics, index.matrices, index.summary)
+        out |= _matrix_metrics("index.", report.versions, ("recall",), {"recall": index.recall}, {})
+    return out
+
+
+def _matrix_metrics(prefix: str, versions, metrics, matrices, summary) -> dict[str, float]:
+    """``<prefix><metric>.<query>_on_<gallery>`` per cell and ``<prefix><metric>.<ac|am|...>``."""
     out: dict[str, float] = {}
-    for m in report.metrics:
-        for i, qv in enumerate(report.versions):
-            for j, gv in enumerate(report.versions[: i + 1]):
-                value = report.matrices[m][i][j]
+    for m in metrics:
+        for i, qv in enumerate(versions):
+            for j, gv in enumerate(versions[: i + 1]):
+                value = matrices[m][i][j]
                 if value is not None:
-                    out[metric_key(f"{m}.{qv}_on_{gv}")] = float(value)
-        s = report.summary[m]
+                    out[metric_key(f"{prefix}{m}.{qv}_on_{gv}")] = float(value)
+        s = summary.get(m)
+        if s is None:
+            continue
         for field, value in (("ac", s.ac), ("am", s.am), ("bc", s.bc), ("fc", s.fc), ("update_gain", s.update_gain)):
             if value is not None:
-                out[metric_key(f"{m}.{field}")] = float(value)
+                out[metric_key(f"{prefix}{m}.{field}")] = float(value)
     return out
 
 
@@ -130,9 +144,11 @@ def log_evaluation(
     """Log one chain evaluation as an MLflow run and return its run id.
 
     Params: ``protocol``, ``versions`` and, per version, ``"<version>.<key>"`` from ``inputs``
-    (nested dicts flattened with dots; values stringified and truncated to MLflow's limit).
+    (nested dicts flattened with dots; values stringified and truncated to MLflow's limit); with an
+    index ``index.factory``, its parameters and stored files.
     Metrics: every cell as ``"<metric>.<query>_on_<gallery>"`` and the summaries as
-    ``"<metric>.ac"``, ``.am``, ``.bc``, ``.fc``, ``.update_gain`` (``None`` skipped), all names
+    ``"<metric>.ac"``, ``.am``, ``.bc``, ``.fc``, ``.update_gain`` (``None`` skipped); with an index the
+    same under ``"index."`` and the recall as ``"index.recall.<query>_on_<gallery>"``; all names
     passed through :func:`metric_key`. Artifacts: ``files``.
 
     When a run is active the evaluation is logged as a run nested under it (in its experiment,

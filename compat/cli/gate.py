@@ -66,9 +66,11 @@ def _out_of(args: list[str]) -> Path:
               help="The gate needs per-query values: loo, query-gallery or template.")
 @options.relevance
 @options.evaluator_options
+@options.index
 @click.option("--n-resamples", type=click.IntRange(min=1), default=DEFAULT_RESAMPLES, show_default=True,
               help="Bootstrap resamples per check; at least 5 / (1 - confidence), 100 for 95% intervals.")
-@click.option("--seed", type=options.SEED, default=0, show_default=True, help="Seed of the bootstrap.")
+@click.option("--seed", type=options.SEED, default=0, show_default=True,
+              help="Seed of the bootstrap (and of --index's training sample).")
 @click.option("--promote", "promote_name", default=None, metavar="NAME",
               help="On a pass, register the candidate (model file or models:/ URI) as NAME and move @champion to it.")
 @click.option("--adapter", "adapter_path", type=click.Path(path_type=Path), default=None,
@@ -85,9 +87,9 @@ def gate_command(old: str, new: str, old_query: str | None, new_query: str | Non
                  dataset: str | None, data_root: str | None, split: str, batch_size: int, trust_model_code: bool,
                  preset: str | None, image_size: int | None, resize: int | None, mean: tuple[float, ...] | None,
                  std: tuple[float, ...] | None, protocol: str, qrels: Path | None, exclude: str, similarity: str,
-                 dim_policy: str, backend: str, device: str, memory_budget: str, n_resamples: int, seed: int,
-                 promote_name: str | None, adapter_path: Path | None, gallery_space: str | None,
-                 allow_space_change: bool, out: Path, quiet: bool) -> None:
+                 dim_policy: str, backend: str, device: str, memory_budget: str, index: options.IndexOptions,
+                 n_resamples: int, seed: int, promote_name: str | None, adapter_path: Path | None,
+                 gallery_space: str | None, allow_space_change: bool, out: Path, quiet: bool) -> None:
     """Decide whether the NEW model may replace the OLD one and query its gallery.
 
     Exit code 0: every required check of the policy passed; 1: one failed; 2: bad input; 3: a bug.
@@ -136,7 +138,7 @@ def gate_command(old: str, new: str, old_query: str | None, new_query: str | Non
             gated = gated_spaces(old_fs, new_fs, chain_fs, gallery_space=gallery_space, adapter=adapter_path)
             check_promotion(promote_name, gated, allow_space_change=allow_space_change)
         verdict = run_gate(old_fs, new_fs, policy, chain=chain_fs, evaluator=evaluator, dim_policy=dim_policy,
-                           n_resamples=n_resamples, seed=seed, progress=not quiet, **sets)
+                           n_resamples=n_resamples, seed=seed, progress=not quiet, index=index.spec(seed), **sets)
         _report(verdict, new, promote_name, out, gated=gated, allow_space_change=allow_space_change)
     if not verdict.passed:
         sys.exit(EXIT_GATE_FAILED)

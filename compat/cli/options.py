@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ __all__ = [
     "extraction",
     "extraction_spec",
     "fail_cleanly",
+    "index",
     "memory_budget",
     "model_code",
     "preprocessing_of",
@@ -208,6 +210,59 @@ def evaluator_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     for option in (memory_budget, device, backend, dim_policy, similarity):
         fn = option(fn)
     return fn
+
+
+@dataclass(frozen=True)
+class IndexOptions:
+    """``--index``, ``--nprobe``, ``--ef-search``, ``--index-train-size``, ``--index-k`` as given."""
+
+    factory: str | None
+    nprobe: int | None
+    ef_search: int | None
+    train_size: int | None
+    k: int
+
+    def spec(self, seed: int, *, stored: bool = False):
+        """The :class:`~compat.retrieval.index.IndexSpec`, or ``None`` when no index is named
+        (``stored``: a stored index file is, so the search parameters apply to it)."""
+        from compat.configfile import validate_model
+        from compat.retrieval.index import IndexSpec
+
+        if self.factory is None and not stored:
+            given = [name for name, value in (("--nprobe", self.nprobe), ("--ef-search", self.ef_search),
+                                              ("--index-train-size", self.train_size)) if value is not None]
+            if given:
+                raise CompatError(f"{given[0]}: applies to an index; name one with --index FACTORY")
+            return None
+        raw = {"factory": self.factory, "nprobe": self.nprobe, "ef_search": self.ef_search,
+               "train_size": self.train_size, "k": self.k, "seed": seed}
+        return validate_model(IndexSpec, raw, "--index")
+
+
+def index(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--index, --nprobe, --ef-search, --index-train-size, --index-k, passed on as ``index: IndexOptions``."""
+    from compat.retrieval.index import DEFAULT_INDEX_K
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        kwargs["index"] = IndexOptions(kwargs.pop("index"), kwargs.pop("nprobe"), kwargs.pop("ef_search"),
+                                       kwargs.pop("index_train_size"), kwargs.pop("index_k"))
+        return fn(*args, **kwargs)
+
+    for option in (
+        click.option("--index-k", type=click.IntRange(min=1), default=DEFAULT_INDEX_K, show_default=True,
+                     help="Depth of map@K and of the index's recall against the exact top-k."),
+        click.option("--index-train-size", type=click.IntRange(min=1), default=None,
+                     help="Train each index on a seeded sample of this many gallery vectors (default: all)."),
+        click.option("--ef-search", type=click.IntRange(min=1), default=None, help="HNSW search breadth (efSearch)."),
+        click.option("--nprobe", type=click.IntRange(min=1), default=None, help="Inverted lists an IVF index visits."),
+        click.option("--index", default=None, metavar="FACTORY",
+                     help="Also search each gallery through a faiss index_factory index built on it "
+                          "(e.g. IVF1024,PQ16, HNSW32), as production does; in the gate, for every "
+                          "cmc@K / map@K check."),
+    ):
+        wrapper = option(wrapper)
+    return wrapper
 
 
 def extraction_spec(dataset: str | None, data_root: str | None, split: str, batch_size: int, device: str,

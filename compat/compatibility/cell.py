@@ -24,7 +24,15 @@ from compat.retrieval.metrics import RetrievalResult
 from compat.retrieval.qrels import check_qrels_ids
 from compat.retrieval.query_gallery import Exclude
 
-__all__ = ["ArrayTransform", "DimPolicy", "apply_dim_policy", "check_cell_inputs", "compatible_dim", "evaluate_cell"]
+__all__ = [
+    "ArrayTransform",
+    "DimPolicy",
+    "apply_dim_policy",
+    "cell_arrays",
+    "check_cell_inputs",
+    "compatible_dim",
+    "evaluate_cell",
+]
 
 # (query features (Nq, Dq), gallery features (Ng, Dg)) -> transformed (query, gallery).
 ArrayTransform = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -116,14 +124,30 @@ def evaluate_cell(
     Returns:
         The cell's values, with per-query values and the mask of queries that have a positive.
     """
-    policy = parse_choice(DimPolicy, dim_policy, "dim_policy")
     where = where or f"{query.source} on {gallery.source}"
+    q, g = cell_arrays(query, gallery, dim_policy=dim_policy, transform=transform, where=where)
+    return evaluator.evaluate_arrays(q, query.labels, query.ids, g, gallery.labels, gallery.ids, where=where,
+                                     query_groups=query.groups, gallery_groups=gallery.groups)
+
+
+def cell_arrays(
+    query: FeatureSet,
+    gallery: FeatureSet,
+    *,
+    dim_policy: DimPolicy | str = DimPolicy.ERROR,
+    transform: ArrayTransform | None = None,
+    where: str = "cell",
+) -> tuple[np.ndarray, np.ndarray]:
+    """The features a cell compares: ``transform`` first, then ``compatible_dim`` or the policy.
+
+    Shared by :func:`evaluate_cell` and the index cell
+    (:func:`compat.compatibility.indexed.evaluate_index_cell`), so both see the same arrays.
+    """
+    policy = parse_choice(DimPolicy, dim_policy, "dim_policy")
     q, g = query.features, gallery.features
     if transform is not None:
         q, g = transform(q, g)
-    q, g = apply_dim_policy(q, g, policy, where=where, compatible_dim=compatible_dim(query))
-    return evaluator.evaluate_arrays(q, query.labels, query.ids, g, gallery.labels, gallery.ids, where=where,
-                                     query_groups=query.groups, gallery_groups=gallery.groups)
+    return apply_dim_policy(q, g, policy, where=where, compatible_dim=compatible_dim(query))
 
 
 def check_cell_inputs(evaluator: RetrievalEvaluator, queries: Sequence[FeatureSet], galleries: Sequence[FeatureSet]) -> None:

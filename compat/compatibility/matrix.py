@@ -18,6 +18,8 @@ import numpy as np
 from compat.choices import parse_choice
 from compat.compatibility.cell import DimPolicy, check_cell_inputs, evaluate_cell
 from compat.compatibility.flips import ClassView, FlipRate, Top1, cell_key, chain_flips, class_view
+from compat.compatibility.index_report import IndexedChain, IndexReport
+from compat.compatibility.indexed import IndexSetup
 from compat.compatibility.items import ItemCoverage, align_chain
 from compat.compatibility.summary import MetricSummary, summarize
 from compat.errors import CompatError
@@ -90,6 +92,7 @@ class CompatibilityReport:
             version on its own gallery against the oldest on its own; ``None`` for ``pairs``.
         classes: per-class CMC@1 of the newest upgrade on the oldest gallery against (oldest, oldest).
         warnings: what the reader should know (versions extracted with different preprocessing).
+        index: the same chain through each gallery's approximate index, when one was named.
     """
 
     versions: tuple[str, ...]
@@ -102,6 +105,7 @@ class CompatibilityReport:
     flips: tuple[FlipRate, ...] | None = None
     classes: ClassView | None = None
     warnings: tuple[str, ...] = ()
+    index: IndexReport | None = None
 
     @property
     def notes(self) -> list[str]:
@@ -118,9 +122,10 @@ class CompatibilityReport:
 
     def to_json(self) -> dict:
         """The ``compat.json`` document (schema in docs/design.md); ``items`` and ``notes`` only when
-        the evaluation is partial or has undefined cells."""
+        the evaluation is partial or has undefined cells, ``index`` only through an index."""
         extra = {"items": self.coverage.to_json()} if self.coverage is not None else {}
         extra |= {"notes": self.notes} if self.notes else {}
+        extra |= {"index": self.index.to_json()} if self.index is not None else {}
         return {
             "versions": list(self.versions),
             "protocol": self.protocol,
@@ -194,6 +199,7 @@ def evaluate_chain(
     independent_query: FeatureSet | None = None,
     allow_partial: bool = False,
     progress: Callable[[Cell, RetrievalResult], None] | None = None,
+    index: IndexSetup | None = None,
 ) -> CompatibilityReport:
     """Evaluate every cell j <= i of a version chain and summarise each metric.
 
@@ -209,6 +215,8 @@ def evaluate_chain(
         allow_partial: under ``loo``, versions that hold different items are evaluated over the ids
             every version holds (the report says so) instead of refused.
         progress: called after each cell.
+        index: also search every cell through its gallery's approximate index (built once per
+            gallery version from ``index.spec``, or a stored file), as production does.
 
     Raises:
         CompatError: bad input, among them (``loo``) versions that hold different items, and an
@@ -225,6 +233,9 @@ def evaluate_chain(
     counts: list[list[CellCount | None]] = [[None] * t for _ in range(t)]
     tops: dict[tuple[int, int], Top1] = {}
     templates = evaluator.protocol is Protocol.TEMPLATE
+    ann = None if index is None else IndexedChain(index, evaluator, names, policy)
+    if ann is not None:
+        ann.prepare([v.gallery for v in versions])
     for i, qv in enumerate(versions):
         for j in range(i + 1):
             gv = versions[j]
@@ -237,6 +248,8 @@ def evaluate_chain(
             counts[i][j] = CellCount(result.n_queries, result.n_without_positive)
             if result.hit1 is not None:
                 tops[i, j] = Top1.of(result, qv.queries, gv.gallery, templates=templates)
+            if ann is not None:
+                ann.evaluate(i, j, qv.queries, gv.gallery, transform=partial(transform, cell), where=where)
             logger.info("%s on %s: %s", qv.name, gv.name, result.values)
             if progress is not None:
                 progress(cell, result)
@@ -248,5 +261,6 @@ def evaluate_chain(
         for m in metric_names
     }
     flips, classes = _upgrades(names, tops) if len(tops) == len(counts) * (len(counts) + 1) // 2 else (None, None)
+    index_report = None if ann is None else ann.report(strict=strict, independent=independent)
     return CompatibilityReport(names, evaluator.protocol.value, metric_names, matrices, summary, counts, coverage,
-                               flips=flips, classes=classes, warnings=version_warnings(versions))
+                               flips=flips, classes=classes, warnings=version_warnings(versions), index=index_report)

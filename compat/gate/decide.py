@@ -20,6 +20,7 @@ import numpy as np
 
 from compat.choices import parse_choice
 from compat.compatibility.cell import DimPolicy, check_cell_inputs, evaluate_cell
+from compat.compatibility.indexed import GalleryIndexes, IndexSetup, evaluate_index_cell
 from compat.compatibility.items import check_items, check_labels
 from compat.errors import CompatError
 from compat.features import FeatureSet
@@ -28,7 +29,8 @@ from compat.gate.policy import CheckKind, CheckSpec, GatePolicy, Rule
 from compat.preprocessing import preprocessing_warnings
 from compat.progress import progress as progress_bar
 from compat.retrieval.evaluator import Protocol, RetrievalEvaluator
-from compat.retrieval.metrics import RetrievalResult
+from compat.retrieval.index import IndexSpec
+from compat.retrieval.metrics import RetrievalResult, parse_metric
 from compat.retrieval.protocols import match_ids
 
 __all__ = ["CellMean", "CheckResult", "GateVerdict", "run_gate"]
@@ -72,6 +74,8 @@ class CheckResult:
         cells: M(q, g) of each cell over those queries.
         details: per-gallery drops for ``max_drop``.
         note: why a check was skipped or is undefined.
+        index: the index the cells were searched through (``None``: exact search).
+        recall: per cell (``query/gallery``), the index's recall@k against the exact top-k.
     """
 
     name: str
@@ -88,6 +92,8 @@ class CheckResult:
     cells: tuple[CellMean, ...] = ()
     details: list[dict[str, Any]] = field(default_factory=list)
     note: str = ""
+    index: IndexSpec | None = None
+    recall: dict[str, float | None] = field(default_factory=dict)
 
     @property
     def skipped(self) -> bool:
@@ -113,6 +119,9 @@ class CheckResult:
             out["details"] = self.details
         if self.note:
             out["note"] = self.note
+        if self.index is not None:
+            out["index"] = {"factory": self.index.factory, "params": self.index.model_dump(exclude={"factory"}),
+                            "recall": self.recall}
         return out
 
 
@@ -168,19 +177,33 @@ class _Cells:
                  queries: dict[str, FeatureSet] | None = None):
         self.models, self.evaluator, self.dim_policy = models, evaluator, dim_policy
         self.queries = {**models, **(queries or {})}
-        self._cache: dict[tuple[str, str], RetrievalResult] = {}
+        self._cache: dict[tuple[str, str, IndexSpec | None], RetrievalResult] = {}
+        self._indexes: dict[IndexSpec, GalleryIndexes] = {}
+        self.recall: dict[tuple[str, str, IndexSpec], float | None] = {}
 
-    def get(self, q: str, g: str) -> RetrievalResult:
-        key = (q, g)
+    def get(self, q: str, g: str, index: IndexSpec | None = None) -> RetrievalResult:
+        """Cell (q, g), searched exactly or through ``g``'s index built with ``index``."""
+        key = (q, g, index)
         if key not in self._cache:
             query, gallery = self.queries[q], self.models[g]
             where = f"cell {q} on {g} ({query.source} on {gallery.source})"
-            result = evaluate_cell(self.evaluator, query, gallery, dim_policy=self.dim_policy, where=where)
+            if index is None:
+                result = evaluate_cell(self.evaluator, query, gallery, dim_policy=self.dim_policy, where=where)
+            else:
+                cell = evaluate_index_cell(self.evaluator, query, gallery, self.index_of(g, index), k=index.k,
+                                           dim_policy=self.dim_policy, where=where)
+                result, self.recall[(q, g, index)] = cell.result, cell.recall
             logger.info("%s on %s: %s", q, g, result.values)
             self._cache[key] = result
         return self._cache[key]
 
-    def paired(self, cells: Sequence[tuple[str, str]], metric: str, check: str) -> tuple[np.ndarray, np.ndarray]:
+    def index_of(self, g: str, index: IndexSpec):
+        """Gallery ``g``'s index for ``index``, built once."""
+        indexes = self._indexes.setdefault(index, GalleryIndexes(IndexSetup(index), self.evaluator))
+        return indexes.get(g, self.models[g])
+
+    def paired(self, cells: Sequence[tuple[str, str]], metric: str, check: str,
+               index: IndexSpec | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(N, len(cells)) per-query values of ``metric``, one row per query id counted in every cell.
 
         ``metric`` ``"top-1"`` gives each query's top-1 hit (1 when its first result is a positive),
@@ -190,7 +213,7 @@ class _Cells:
             The columns and each column's mean. A mean is taken in its query set's own row order, so
             that when every query of a cell is paired it is exactly the cell's value (``compat eval``'s).
         """
-        results = [self.get(q, g) for q, g in cells]
+        results = [self.get(q, g, index) for q, g in cells]
         kinds = {self.queries[q].ids.dtype.kind for q, _ in cells}
         if len(kinds) > 1:
             sources = ", ".join(f"{q}: {self.queries[q].source}" for q, _ in dict.fromkeys(cells))
@@ -283,6 +306,7 @@ def run_gate(
     old_query: FeatureSet | None = None,
     new_query: FeatureSet | None = None,
     independent_query: FeatureSet | None = None,
+    index: IndexSpec | None = None,
 ) -> GateVerdict:
     """Decide whether ``new`` may replace ``old`` under ``policy``.
 
@@ -303,11 +327,15 @@ def run_gate(
         progress: a bar over the checks on a terminal.
         old_query, new_query, independent_query: separate query sets of those models (required by
             the query-gallery protocol; ``old``, ``new`` and ``independent`` are then their galleries).
+        index: the index of every check that names none in the policy and whose metric a returned
+            list defines (``cmc@K``, ``map@K``); the others stay exact. Each gallery's index is
+            built once per spec, on the gallery's own features.
 
     Raises:
         CompatError: bad input (sizes, ids, a metric the evaluator does not compute, a required
             check without its input, ``loo`` sets that hold different items, an item whose label
-            differs between sets, fewer resamples than the confidence needs).
+            differs between sets, fewer resamples than the confidence needs, an index that cannot
+            be built).
     """
     dims = parse_choice(DimPolicy, dim_policy, "dim_policy")
     fewest = min_resamples(policy.confidence)
@@ -315,19 +343,19 @@ def run_gate(
         raise CompatError(f"n_resamples: {n_resamples} is too few for {policy.confidence:g} intervals; at least "
                           f"{fewest} (5 / (1 - confidence)), so that each end rests on more than the extreme draws")
     evaluator = evaluator or RetrievalEvaluator(policy.metrics)
-    _check_inputs(policy, evaluator, independent)
+    checks = [_with_index(spec, index) for spec in policy.checks]
+    _check_inputs(policy, evaluator, independent, indexed=any(c.index is not None for c in checks))
     older = [f"chain[{i}]" for i in range(len(chain))] + [OLD]
     models = {OLD: old, NEW: new, **dict(zip(older[:-1], chain, strict=True))}
     if independent is not None:
         models[INDEPENDENT] = independent
-    if independent_query is not None and independent is None:
-        raise CompatError("--independent-query: needs --independent (the independent model's gallery)")
-    given = {OLD: old_query, NEW: new_query, INDEPENDENT: independent_query}
-    queries = {label: fs for label, fs in given.items() if fs is not None}
-    _check_queries(evaluator, models, queries)
+    queries = _query_sets(evaluator, models, old_query, new_query, independent_query)
     cells = _Cells(models, evaluator, dims, queries)
+    for spec in checks:  # build every index first: a bad one fails before any check is evaluated
+        for g in dict.fromkeys(g for _, g in _cells_of(spec, older)[0] if g in models and spec.index is not None):
+            cells.index_of(g, spec.index)
     results = []
-    for spec in progress_bar(policy.checks, desc="gate checks", enabled=progress):
+    for spec in progress_bar(checks, desc="gate checks", enabled=progress):
         if spec.kind is CheckKind.UPDATE_GAIN and independent is None:
             results.append(CheckResult(spec.label, spec.kind, spec.metric, spec.required, spec.threshold,
                                        spec.kind.rule, None, None, None, None,
@@ -348,10 +376,23 @@ def run_gate(
     )
 
 
-def _check_inputs(policy: GatePolicy, evaluator: RetrievalEvaluator, independent: FeatureSet | None) -> None:
+def _with_index(spec: CheckSpec, index: IndexSpec | None) -> CheckSpec:
+    """The check with the command line's index when it names none and its metric allows one
+    (``negative_flips`` stays exact)."""
+    if (spec.index is not None or index is None or spec.kind is CheckKind.NEGATIVE_FLIPS
+            or not parse_metric(spec.metric).from_top_k):
+        return spec
+    return spec.model_copy(update={"index": index})
+
+
+def _check_inputs(policy: GatePolicy, evaluator: RetrievalEvaluator, independent: FeatureSet | None, *,
+                  indexed: bool = False) -> None:
     """The evaluator can compute what the policy needs, and a required check has its input."""
     if evaluator.protocol is Protocol.PAIRS:
-        raise CompatError("protocol: the gate needs per-query values; use protocol loo, query-gallery or template, not pairs")
+        raise CompatError("protocol: the gate needs per-query values; use protocol loo, query-gallery or template, "
+                          "not pairs")
+    if indexed and evaluator.protocol is not Protocol.LOO:
+        raise CompatError(f"index: an index is searched under protocol loo only, not {evaluator.protocol.value}")
     missing = [m for m in policy.metrics if m not in evaluator.metric_names]
     if missing:
         raise CompatError(f"evaluator: it does not compute {', '.join(missing)}, which the policy's checks use")
@@ -361,6 +402,17 @@ def _check_inputs(policy: GatePolicy, evaluator: RetrievalEvaluator, independent
                 f"policy check {spec.label!r}: a required update_gain check needs the features of an "
                 "independently trained model (--independent)"
             )
+
+
+def _query_sets(evaluator: RetrievalEvaluator, models: dict[str, FeatureSet], old_query: FeatureSet | None,
+                new_query: FeatureSet | None, independent_query: FeatureSet | None) -> dict[str, FeatureSet]:
+    """The models' separate query sets (query-gallery), checked with the models."""
+    if independent_query is not None and INDEPENDENT not in models:
+        raise CompatError("--independent-query: needs --independent (the independent model's gallery)")
+    given = {OLD: old_query, NEW: new_query, INDEPENDENT: independent_query}
+    queries = {label: fs for label, fs in given.items() if fs is not None}
+    _check_queries(evaluator, models, queries)
+    return queries
 
 
 def _check_queries(evaluator: RetrievalEvaluator, models: dict[str, FeatureSet], queries: dict[str, FeatureSet]) -> None:
@@ -384,7 +436,7 @@ def _run_check(
 ) -> CheckResult:
     pairs, statistic = _cells_of(spec, older)
     flips = spec.kind is CheckKind.NEGATIVE_FLIPS
-    columns, means = cells.paired(pairs, TOP1 if flips else spec.metric, spec.label)
+    columns, means = cells.paired(pairs, TOP1 if flips else spec.metric, spec.label, spec.index)
     sample = _negative_flips(columns) if flips else columns
     ci = bootstrap_ci(sample, statistic, n_resamples=n_resamples, confidence=confidence, seed=seed)
     details: list[dict[str, Any]] = []
@@ -411,4 +463,6 @@ def _run_check(
         cells=tuple(CellMean(q, g, float(m)) for (q, g), m in zip(pairs, means, strict=True)),
         details=details,
         note=note,
+        index=spec.index,
+        recall={} if spec.index is None else {f"{q}/{g}": cells.recall[(q, g, spec.index)] for q, g in pairs},
     )

@@ -16,6 +16,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from compat.configfile import read_yaml_mapping, validate_model
+from compat.retrieval.index import IndexSpec
 from compat.retrieval.metrics import parse_metric
 
 __all__ = ["DEFAULT_POLICY", "Bound", "CheckKind", "CheckSpec", "GatePolicy", "Rule", "load_policy"]
@@ -95,6 +96,9 @@ class CheckSpec(_Strict):
             queries allowed to flip from right to wrong (``negative_flips``, >= 0; metric ``cmc@1``).
         required: a failing required check fails the gate; others are reported only.
         name: unique within the policy; default ``"<kind> <metric>"``.
+        index: evaluate the check's cells through each gallery's approximate index built with this
+            faiss factory string (``{factory: IVF1024,PQ16, nprobe: 16}``); its metric must then be
+            one a returned list defines (``cmc@K`` or ``map@K``).
     """
 
     kind: CheckKind = Field(strict=False)  # read from its YAML text
@@ -102,6 +106,7 @@ class CheckSpec(_Strict):
     threshold: float
     required: bool = True
     name: str | None = None
+    index: IndexSpec | None = None
 
     @field_validator("metric")
     @classmethod
@@ -129,6 +134,14 @@ class CheckSpec(_Strict):
             raise ValueError(f"negative_flips: flips are defined at top-1; metric must be cmc@1, got {self.metric!r}")
         if self.name is not None and not self.name.strip():
             raise ValueError("name: expected a non-empty name")
+        if self.index is not None:
+            if self.index.factory is None:
+                raise ValueError("index: expected a factory string (index: {factory: IVF1024,PQ16, nprobe: 16})")
+            if not parse_metric(self.metric).from_top_k:
+                raise ValueError(f"index: metric {self.metric} needs the full ranking, which an index does not "
+                                 "return; use cmc@K or map@K (e.g. map@10)")
+            if self.kind is CheckKind.NEGATIVE_FLIPS:
+                raise ValueError("index: negative_flips compares exact top-1 results; it does not take an index")
         return self
 
     @property

@@ -77,6 +77,9 @@ def render_markdown(verdict: GateVerdict, promotion: Mapping[str, Any] | None = 
             continue
         cells = ", ".join(f"M({m.query}, {m.gallery}) = {100 * m.value:.2f}" for m in c.cells)
         text = f"- **{escape(c.name)}** ({c.kind.value}, {c.n_queries} paired queries): {escape(cells)}"
+        if c.index is not None:
+            recall = ", ".join(f"{cell} {'n/a' if r is None else f'{100 * r:.2f}'}" for cell, r in c.recall.items())
+            text += f"; through the index {escape(c.index.label())} (recall@{c.index.k}: {escape(recall)})"
         if c.note:
             text += f"; {escape(c.note)}"
         lines.append(text)

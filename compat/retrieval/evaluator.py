@@ -39,7 +39,7 @@ class Protocol(str, Enum):
 
 
 _ALLOWED = {
-    Protocol.LOO: {MetricKind.CMC, MetricKind.MAP, MetricKind.MAP_AT_R},
+    Protocol.LOO: {MetricKind.CMC, MetricKind.MAP, MetricKind.MAP_AT_R, MetricKind.MAP_AT_K},
     Protocol.QUERY_GALLERY: {MetricKind.CMC, MetricKind.MAP, MetricKind.MAP_AT_R},
     Protocol.TEMPLATE: {MetricKind.CMC, MetricKind.MAP},
     Protocol.PAIRS: {MetricKind.ACC},
@@ -50,8 +50,9 @@ class RetrievalEvaluator:
     """Evaluates query features against gallery features under one protocol.
 
     Args:
-        metrics: names such as ``cmc@1``, ``cmc@5``, ``map``, ``map@r`` (loo, query-gallery); ``cmc@k``,
-            ``map`` (template); ``acc`` (pairs). ``None``: ``cmc@1, cmc@5, map`` or ``acc`` for pairs.
+        metrics: names such as ``cmc@1``, ``cmc@5``, ``map``, ``map@r`` (loo, query-gallery), ``map@10``
+            (loo); ``cmc@k``, ``map`` (template); ``acc`` (pairs). ``None``: ``cmc@1, cmc@5, map`` or
+            ``acc`` for pairs.
         protocol: ``loo`` (default), ``query-gallery``, ``template`` or ``pairs``.
         similarity: ``cosine`` (default) or ``l2``.
         backend: ``auto``, ``torch`` or ``faiss`` for the top-k search.
@@ -96,7 +97,8 @@ class RetrievalEvaluator:
         for m in self.metrics:
             if m.kind not in _ALLOWED[self.protocol]:
                 allowed = ", ".join(
-                    sorted(k.value + ("@K" if k is MetricKind.CMC else "") for k in _ALLOWED[self.protocol])
+                    sorted({MetricKind.CMC: "cmc@K", MetricKind.MAP_AT_K: "map@K"}.get(k, k.value)
+                           for k in _ALLOWED[self.protocol])
                 )
                 raise CompatError(
                     f"metric: {m.name!r} is not defined for protocol {self.protocol.value!r}; expected {allowed}"

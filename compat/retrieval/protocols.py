@@ -21,6 +21,7 @@ from compat.retrieval.metrics import (
     RetrievalResult,
     average_precision,
     average_precision_at_r,
+    topk_values,
 )
 from compat.retrieval.ranking import positive_ranks_numpy, positive_ranks_torch
 
@@ -109,7 +110,7 @@ def leave_one_out(
         query, gallery: (Nq, D), (Ng, D) features.
         query_labels, gallery_labels: (Nq,), (Ng,) int64.
         query_ids, gallery_ids: item ids; every query id must be in the gallery.
-        metrics: any of cmc@k, map, map@r.
+        metrics: any of cmc@k, map, map@r, map@k.
         progress: a bar over the query chunks on a terminal.
 
     Returns:
@@ -121,8 +122,7 @@ def leave_one_out(
     n_pos = np.array([counts.get(int(c), 0) for c in query_labels], dtype=np.int64)
     n_pos -= (gallery_labels[exclude] == query_labels).astype(np.int64)
     has_pos = n_pos > 0
-    cmc = [m for m in metrics if m.kind is MetricKind.CMC]
-    kmax = max((m.k for m in cmc), default=1)
+    kmax = max((m.k for m in metrics if m.from_top_k), default=1)
     full = any(m.needs_full_ranking for m in metrics)
     per_query: dict[str, np.ndarray] = {m.name: np.zeros(len(query)) for m in metrics}
     if not full:
@@ -138,7 +138,7 @@ def leave_one_out(
             progress=progress,
         )
         first = _first_positive(idx, gallery_labels, query_labels)
-        per_query.update(_cmc_hits(first, metrics))
+        per_query.update(topk_values(idx, gallery_labels, query_labels, n_pos, metrics))
         return _result(per_query, has_pos, metrics, top1=idx[:, 0].copy(), hit1=first == 1)
     top1 = np.full(len(query), -1, dtype=np.int64)
     hit1 = np.zeros(len(query), dtype=bool)
@@ -148,8 +148,8 @@ def leave_one_out(
     ):
         rows = np.arange(start, start + scores.shape[0])
         first = _first_positive(top_i, gallery_labels, query_labels[rows])
-        for name, hits in _cmc_hits(first, metrics).items():
-            per_query[name][rows] = hits
+        for name, values in topk_values(top_i, gallery_labels, query_labels[rows], n_pos[rows], metrics).items():
+            per_query[name][rows] = values
         top1[rows], hit1[rows] = top_i[:, 0], first == 1
         live = rows[has_pos[rows]]
         positives = [_without(members[int(query_labels[r])], exclude[r]) for r in live]
@@ -171,15 +171,15 @@ def _ranking_metrics(scores, local: np.ndarray, rows: np.ndarray, positives: lis
             per_query["map@r"][r] = average_precision_at_r(rk)
 
 
-def _without(members: np.ndarray, excluded: int) -> np.ndarray:
-    return members[members != excluded] if excluded >= 0 else members
-
-
 def _first_positive(idx: np.ndarray, gallery_labels: np.ndarray, query_labels: np.ndarray) -> np.ndarray:
     """1-based position of the first same-label neighbour in each row of ``idx``; inf if none."""
     hit = (idx >= 0) & (gallery_labels[np.maximum(idx, 0)] == query_labels[:, None])
     first = np.where(hit.any(1), hit.argmax(1) + 1, np.inf)
     return first
+
+
+def _without(members: np.ndarray, excluded: int) -> np.ndarray:
+    return members[members != excluded] if excluded >= 0 else members
 
 
 def template_identification(

@@ -20,6 +20,7 @@ from compat.compatibility.cell import DimPolicy
 from compat.configfile import read_yaml_mapping, validate_model
 from compat.errors import CompatError
 from compat.retrieval.evaluator import DEFAULT_METRICS, Protocol
+from compat.retrieval.index import IndexSpec
 from compat.retrieval.knn import DEFAULT_MEMORY_BUDGET, Backend, Similarity
 
 __all__ = [
@@ -127,7 +128,8 @@ class EvalConfig(_Strict):
     ``backend`` and ``memory_budget`` change how fast and in how much memory, never the numbers.
     ``independent_reference``: also train an independent model on the newest version's data (same
     backbone and schedule) and report the update gain against it; methods with a teacher (BT^2)
-    always have one.
+    always have one. ``index``: also evaluate the chain through each gallery's approximate index
+    (``{factory: IVF64,PQ8, nprobe: 8}``), so the run records exact and ANN compatibility together.
     """
 
     # Enums are read from their YAML text (the one place a str becomes another type).
@@ -138,6 +140,7 @@ class EvalConfig(_Strict):
     backend: Backend = Field(default=Backend.AUTO, strict=False)
     memory_budget: str = DEFAULT_MEMORY_BUDGET
     independent_reference: bool = False
+    index: IndexSpec | None = None
 
     @field_validator("memory_budget")
     @classmethod
