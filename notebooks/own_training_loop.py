@@ -44,9 +44,8 @@ from compat.compatibility.report import render_markdown
 from compat.data import build_dataset, fraction_subsets
 from compat.gate import load_policy, run_gate
 from compat.methods import BCT, influence_loss
-from compat.models import LinearHead, SimplexHead, SmallCNN, d_simplex
+from compat.models import LinearHead, SimplexHead, SmallCNN, d_simplex, embed_dataset, extract_features
 from compat.retrieval import RetrievalEvaluator
-from compat.models import embed_dataset, extract_features
 
 TINY = os.environ.get("COMPAT_NOTEBOOK_TINY") == "1"
 OLD_FRACTION, NEW_FRACTION = (0.02, 0.06) if TINY else (0.3, 1.0)

@@ -36,7 +36,7 @@ def run_notebook(name: str, cwd: Path, **env: str) -> subprocess.CompletedProces
         "OMP_NUM_THREADS": "1",
         **env,
     }
-    for key in ("COMPAT_RUNS", "COMPAT_MLFLOW_EXPERIMENT", "COMPAT_NOTEBOOK_OUT"):
+    for key in ("COMPAT_RUNS", "COMPAT_MLFLOW_EXPERIMENT", "COMPAT_NOTEBOOK_OUT", "COMPAT_PLAN"):
         if key not in env:
             environment.pop(key, None)
     result = subprocess.run([sys.executable, str(NOTEBOOKS / name)], check=False, cwd=cwd, env=environment,
@@ -142,6 +142,23 @@ def test_own_training_loop_walkthrough_runs(tmp_path):
         assert any(line.startswith(f"{name}: ") and ("PASSED" in line or "FAILED" in line)
                    for line in result.stdout.splitlines())
     assert "trainable parameters of the head: 0" in result.stdout
+
+
+def test_backfill_plan_plans_the_examples_then_reads_and_draws_the_plan(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "examples").symlink_to(ROOT / "examples", target_is_directory=True)
+    out = tmp_path / "figures"
+    result = run_notebook("backfill_plan.py", work, COMPAT_NOTEBOOK_OUT=str(out))
+    plan_dir = out / "example-plan"
+    plan = json.loads((plan_dir / "plan.json").read_text(encoding="utf-8"))
+    first = (plan_dir / "plan.csv").read_text(encoding="utf-8").splitlines()[1:6]
+    assert f"first ids to re-extract: {', '.join(first)}" in result.stdout
+    assert f"re-extract: {plan['plan']['re_extract']} of 2,000" in result.stdout
+    assert plan["target"]["text"] == "cmc@1>=0.55" and plan["sample"]["n"] == 500
+    last = plan["curve"][-1]
+    assert f"| 100% | 2,000 | {100 * last['values']['cmc@1']['value']:.2f}" in result.stdout
+    assert (out / "plan-curve.png").stat().st_size > 0
 
 
 @pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.py")), ids=lambda p: p.name)

@@ -6,86 +6,36 @@ backfill curve is the retrieval metric ``M(beta)`` of the new queries against th
 fraction ``beta`` of its items re-extracted; its area ``integral_0^1 M(beta) dbeta`` (trapezoid
 rule over the grid) summarises an ordering: higher is better.
 
-Orderings (which items to re-extract first), all computed from what is indexed before any
-backfilling, so that they can be decided without running the new model:
-
-- ``random``: a seeded permutation (the baseline).
-- ``farthest``: farthest from the mean of its class first (cosine distance to the normalised class
-  mean of the indexed features): the items the old space places worst.
-- ``uncertainty``: least certain first, the old model's uncertainty in the manner of FastFill:
-  entropy of a softmax over the cosine similarities to the class means (temperature 0.05).
+Orderings (which items to re-extract first) are in :mod:`compat.adapters.orderings`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from compat.adapters.adapter import normalize_rows
 from compat.adapters.config import Ordering
-from compat.choices import parse_choice
+from compat.adapters.orderings import backfill_order, parse_ordering
 from compat.errors import CompatError
+from compat.features import FeatureSet
 from compat.progress import progress as progress_bar
 from compat.retrieval.evaluator import RetrievalEvaluator
+from compat.retrieval.metrics import RetrievalResult
 
 __all__ = [
     "BackfillCurve",
     "Ordering",
     "backfill_curve",
     "backfill_order",
+    "backfill_sweep",
     "beta_grid",
+    "matched_rows",
     "mix_gallery",
     "parse_ordering",
     "trapezoid_area",
 ]
-
-UNCERTAINTY_TEMPERATURE = 0.05
-
-
-def parse_ordering(value: Ordering | str) -> Ordering:
-    return parse_choice(Ordering, value, "backfill ordering")
-
-
-def _class_means(x: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Normalised class means (C, d) of normalised rows, and each row's class index into them."""
-    classes, index = np.unique(labels, return_inverse=True)
-    sums = np.zeros((len(classes), x.shape[1]), dtype=np.float64)
-    np.add.at(sums, index, x)
-    return normalize_rows(sums.astype(np.float32)), index
-
-
-def backfill_order(
-    ordering: Ordering | str, gallery: np.ndarray, labels: np.ndarray, *, seed: int = 0
-) -> np.ndarray:
-    """The order in which to re-extract gallery items.
-
-    Args:
-        ordering: ``random``, ``farthest`` or ``uncertainty``.
-        gallery: (N, d) features as indexed before backfilling.
-        labels: (N,) their classes.
-        seed: of the ``random`` ordering.
-
-    Returns:
-        (N,) permutation of ``0..N-1``; its first items are re-extracted first. Ties go to the
-        lower index.
-    """
-    ordering = parse_ordering(ordering)
-    n = len(gallery)
-    if ordering is Ordering.RANDOM:
-        return np.random.default_rng(seed).permutation(n)
-    x = normalize_rows(gallery)
-    means, index = _class_means(x, labels)
-    if ordering is Ordering.FARTHEST:
-        distance = 1.0 - np.einsum("nd,nd->n", x, means[index], dtype=np.float64)
-        return np.argsort(-distance, kind="stable")
-    logits = (x @ means.T).astype(np.float64) / UNCERTAINTY_TEMPERATURE
-    logits -= logits.max(axis=1, keepdims=True)
-    p = np.exp(logits)
-    p /= p.sum(axis=1, keepdims=True)
-    entropy = -(p * np.log(np.maximum(p, 1e-300))).sum(axis=1)
-    return np.argsort(-entropy, kind="stable")
 
 
 def beta_grid(points: int = 11) -> np.ndarray:
@@ -110,8 +60,10 @@ def mix_gallery(before: np.ndarray, after: np.ndarray, backfilled: np.ndarray) -
     return out
 
 
-def trapezoid_area(betas: Sequence[float], values: Sequence[float]) -> float:
-    """``integral M(beta) dbeta`` by the trapezoid rule."""
+def trapezoid_area(betas: Sequence[float], values: Sequence[float | None]) -> float | None:
+    """``integral M(beta) dbeta`` by the trapezoid rule; ``None`` when a point is undefined."""
+    if any(v is None for v in values):
+        return None
     b, v = np.asarray(betas, dtype=np.float64), np.asarray(values, dtype=np.float64)
     return float(np.sum((b[1:] - b[:-1]) * (v[1:] + v[:-1]) / 2.0))
 
@@ -136,6 +88,70 @@ class BackfillCurve:
         return {"curve": self.values, "area": self.area}
 
 
+def matched_rows(old: FeatureSet, new: FeatureSet, where: str) -> np.ndarray:
+    """Rows of ``new`` holding each item of ``old`` (by id): backfilling needs them all."""
+    order = np.argsort(new.ids, kind="stable")
+    pos = np.searchsorted(new.ids[order], old.ids)
+    pos = np.minimum(pos, len(order) - 1)
+    rows = order[pos]
+    missing = np.flatnonzero(new.ids[rows] != old.ids)
+    if len(missing):
+        raise CompatError(f"{where}: the new features ({new.source}) lack gallery item "
+                          f"{old.ids[missing[0]].item()!r} of {old.source}; backfilling needs every item")
+    return rows
+
+
+# beta -> the rows of the gallery re-extracted at that fraction (indices or a boolean mask).
+Backfilled = Callable[[float], np.ndarray]
+
+
+def backfill_sweep(
+    evaluator: RetrievalEvaluator,
+    *,
+    queries: np.ndarray,
+    query_labels: np.ndarray,
+    query_ids: np.ndarray,
+    before: np.ndarray,
+    after: np.ndarray,
+    gallery_labels: np.ndarray,
+    gallery_ids: np.ndarray,
+    backfilled: Backfilled,
+    betas: Sequence[float],
+    desc: str = "backfill",
+    known: Callable[[float], dict[str, float] | None] = lambda beta: None,
+    query_groups: np.ndarray | None = None,
+    gallery_groups: np.ndarray | None = None,
+) -> list[RetrievalResult | dict[str, float]]:
+    """The queries against the gallery with ``backfilled(beta)`` re-extracted, at every ``beta``.
+
+    Args:
+        evaluator: the configured evaluator.
+        queries, query_labels, query_ids: (Nq, d), (Nq,), (Nq,): the new model's queries.
+        before, after: (N, d) gallery features before and after re-extraction, same row order.
+        gallery_labels, gallery_ids: (N,).
+        backfilled: which rows are re-extracted at a fraction.
+        betas: fractions in [0, 1].
+        desc: names the sweep in messages and the progress bar.
+        known: the metrics at a fraction when already measured (else None: evaluated).
+        query_groups, gallery_groups: (Nq,), (N,) groups, for the query-gallery protocol's exclusion.
+
+    Returns:
+        Per beta, the cell (a :class:`RetrievalResult` with per-query values) or the known metrics.
+    """
+    out: list[RetrievalResult | dict[str, float]] = []
+    for beta in progress_bar(betas, desc=desc, enabled=evaluator.progress):
+        if not 0.0 <= beta <= 1.0:
+            raise CompatError(f"backfill grid: fractions must lie in [0, 1], got {beta}")
+        values = known(float(beta))
+        if values is None:
+            gallery = mix_gallery(before, after, backfilled(float(beta)))
+            values = evaluator.evaluate_arrays(queries, query_labels, query_ids, gallery, gallery_labels, gallery_ids,
+                                               where=f"{desc} beta={beta:.2f}", query_groups=query_groups,
+                                               gallery_groups=gallery_groups)
+        out.append(values)
+    return out
+
+
 def backfill_curve(
     evaluator: RetrievalEvaluator,
     *,
@@ -150,6 +166,8 @@ def backfill_curve(
     ordering: str,
     betas: Sequence[float],
     ends: tuple[dict[str, float], dict[str, float]] | None = None,
+    query_groups: np.ndarray | None = None,
+    gallery_groups: np.ndarray | None = None,
 ) -> BackfillCurve:
     """Evaluate the queries against the gallery backfilled in ``order`` at every ``beta``.
 
@@ -165,20 +183,20 @@ def backfill_curve(
         betas: fractions in [0, 1].
         ends: the metrics of the whole ``before`` and whole ``after`` galleries, when already
             known (they do not depend on the ordering): used at beta = 0 and beta = 1.
+        query_groups, gallery_groups: (Nq,), (N,) groups, for the query-gallery protocol's exclusion.
     """
     n = len(before)
-    values: dict[str, list[float]] = {m: [] for m in evaluator.metric_names}
-    for beta in progress_bar(betas, desc=f"backfill {ordering}", enabled=evaluator.progress):
-        if not 0.0 <= beta <= 1.0:
-            raise CompatError(f"backfill grid: fractions must lie in [0, 1], got {beta}")
-        k = round(float(beta) * n)
-        if ends is not None and k in (0, n):
-            known = ends[0] if k == 0 else ends[1]
-        else:
-            gallery = mix_gallery(before, after, order[:k])
-            known = evaluator.evaluate_arrays(queries, query_labels, query_ids, gallery, gallery_labels, gallery_ids,
-                                              where=f"backfill {ordering} beta={beta:.2f}").values
-        for m, curve in values.items():
-            curve.append(known[m])
+
+    def known(beta: float) -> dict[str, float] | None:
+        k = round(beta * n)
+        return None if ends is None or k not in (0, n) else ends[0] if k == 0 else ends[1]
+
+    cells = backfill_sweep(evaluator, queries=queries, query_labels=query_labels, query_ids=query_ids, before=before,
+                           after=after, gallery_labels=gallery_labels, gallery_ids=gallery_ids,
+                           backfilled=lambda beta: order[: round(beta * n)], betas=betas,
+                           desc=f"backfill {ordering}", known=known, query_groups=query_groups,
+                           gallery_groups=gallery_groups)
+    values = {m: [dict(c.values if isinstance(c, RetrievalResult) else c)[m] for c in cells]
+              for m in evaluator.metric_names}
     area = {m: trapezoid_area(betas, v) for m, v in values.items()}
     return BackfillCurve(ordering, tuple(float(b) for b in betas), values, area)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 import numpy as np
@@ -39,11 +39,13 @@ from compat.adapters.backfill import (
     backfill_curve,
     backfill_order,
     beta_grid,
+    matched_rows,
     parse_ordering,
 )
 from compat.adapters.config import DEFAULT_BACKFILL_POINTS
 from compat.choices import parse_choice
 from compat.compatibility.cell import DimPolicy, apply_dim_policy, evaluate_cell
+from compat.compatibility.items import align_chain
 from compat.compatibility.matrix import Cell, CompatibilityReport, Version, evaluate_chain
 from compat.errors import CompatError
 from compat.features import FeatureSet
@@ -102,15 +104,17 @@ class AdapterCells:
     def metrics(self) -> list[str]:
         return list(self.cells[AdapterCell.OLD_OLD])
 
-    def passes(self, cell: AdapterCell, metric: str) -> bool:
-        """The compatibility criterion of ``cell`` against ``old/old``."""
+    def passes(self, cell: AdapterCell, metric: str) -> bool | None:
+        """The compatibility criterion of ``cell`` against ``old/old`` (``None`` when a cell is undefined)."""
         a, b = self.cells[cell][metric], self.cells[AdapterCell.OLD_OLD][metric]
+        if a is None or b is None:
+            return None
         return bool(a > b) if self.strict else bool(a >= b)
 
     def retention(self, metric: str) -> float | None:
         """``B(new)/B(new)`` over ``new/new``: what the adapted space keeps of the new model."""
-        base = self.cells[AdapterCell.NEW_NEW][metric]
-        return None if base == 0 else self.cells[AdapterCell.B_B][metric] / base
+        base, adapted = self.cells[AdapterCell.NEW_NEW][metric], self.cells[AdapterCell.B_B][metric]
+        return None if not base or adapted is None else adapted / base
 
     def to_json(self) -> dict:
         metrics = self.metrics
@@ -210,9 +214,11 @@ def evaluate_with_adapters(
     dim_policy: DimPolicy | str = DimPolicy.ERROR,
     strict: bool = True,
     independent: FeatureSet | None = None,
+    independent_query: FeatureSet | None = None,
     backfill: Sequence[Ordering | str] = (),
     backfill_points: int = DEFAULT_BACKFILL_POINTS,
     seed: int = 0,
+    allow_partial: bool = False,
 ) -> AdaptedChainReport:
     """Evaluate a chain whose upgrades may go through adapters.
 
@@ -224,12 +230,16 @@ def evaluate_with_adapters(
         paths: ``(new, old) -> file`` the adapters came from (recorded in the report).
         dim_policy: for cells whose sizes differ without an adapter (and for the raw cells).
         strict: ties fail the compatibility criterion.
-        independent: the update gain's reference (see :func:`evaluate_chain`).
+        independent, independent_query: the update gain's reference (see :func:`evaluate_chain`).
         backfill: orderings whose backfill curves to draw, for every adapted pair (or, without
             adapters, for the newest upgrade on raw features).
         backfill_points: size of the beta grid (0 to 1).
         seed: of the ``random`` ordering.
+        allow_partial: versions holding different items are evaluated over the shared ids (see
+            :func:`evaluate_chain`), the adapter cells and curves too.
     """
+    versions, independent, coverage = align_chain(versions, independent, protocol=evaluator.protocol,
+                                                  allow_partial=allow_partial)
     adapters = dict(adapters or {})
     by_cell = _check_pairs(versions, adapters)
     policy = parse_choice(DimPolicy, dim_policy, "dim_policy")
@@ -240,8 +250,8 @@ def evaluate_with_adapters(
             return query, gallery
         return adapter.to_old(query), adapter.old_space(gallery)
 
-    report = evaluate_chain(versions, evaluator, dim_policy=policy, transform=transform, strict=strict,
-                            independent=independent)
+    report = replace(evaluate_chain(versions, evaluator, dim_policy=policy, transform=transform, strict=strict,
+                                    independent=independent, independent_query=independent_query), coverage=coverage)
     raw_policy = DimPolicy.TRUNCATE if policy is DimPolicy.ERROR else policy
     cells_out = []
     curves_out = []
@@ -282,30 +292,18 @@ def _adapter_cells(report: CompatibilityReport, evaluator: RetrievalEvaluator, a
     return cells
 
 
-def _matched_rows(old: FeatureSet, new: FeatureSet, where: str) -> np.ndarray:
-    """Rows of ``new`` holding each item of ``old`` (by id): backfilling needs them all."""
-    order = np.argsort(new.ids, kind="stable")
-    pos = np.searchsorted(new.ids[order], old.ids)
-    pos = np.minimum(pos, len(order) - 1)
-    rows = order[pos]
-    missing = np.flatnonzero(new.ids[rows] != old.ids)
-    if len(missing):
-        raise CompatError(f"{where}: the new features ({new.source}) lack gallery item "
-                          f"{old.ids[missing[0]].item()!r} of {old.source}; backfilling needs every item")
-    return rows
-
-
 def _curves(evaluator: RetrievalEvaluator, queries: np.ndarray, qfs: FeatureSet, before: np.ndarray,
             after: np.ndarray, gfs: FeatureSet, orderings, betas, seed: int,
             ends: tuple[dict[str, float], dict[str, float]] | None = None) -> tuple[BackfillCurve, ...]:
     """One curve per ordering; ``ends`` are the whole-before and whole-after cells when already known."""
     out = []
     for ordering in orderings:
-        order = backfill_order(ordering, before, gfs.labels, seed=seed)
+        order = backfill_order(ordering, before, gfs.labels, seed=seed, ids=gfs.ids)
         name = ordering.value
         out.append(backfill_curve(evaluator, queries=queries, query_labels=qfs.labels, query_ids=qfs.ids,
                                   before=before, after=after, gallery_labels=gfs.labels, gallery_ids=gfs.ids,
-                                  order=order, ordering=name, betas=betas, ends=ends))
+                                  order=order, ordering=name, betas=betas, ends=ends, query_groups=qfs.groups,
+                                  gallery_groups=gfs.groups))
         # the whole-before and whole-after galleries do not depend on the ordering: measured once
         ends = ({m: v[0] for m, v in out[-1].values.items()}, {m: v[-1] for m, v in out[-1].values.items()})
         logger.info("backfill %s: area %s", name, out[-1].area)
@@ -320,7 +318,7 @@ def _adapter_backfill(evaluator, adapter: Adapter, new: Version, old: Version,
     The curves' end points are the adapter cells already measured (``cells``), not measured again.
     """
     where = f"backfill {new.name}:{old.name}"
-    rows = _matched_rows(old.gallery, new.gallery, where)
+    rows = matched_rows(old.gallery, new.gallery, where)
     after = adapter.to_old(np.asarray(new.gallery.features[rows]))
     starts = [(adapter.old_space(old.gallery.features), AdapterCell.B_OLD)]
     if adapter.has_forward:
@@ -335,7 +333,7 @@ def _adapter_backfill(evaluator, adapter: Adapter, new: Version, old: Version,
 def _raw_backfill(evaluator, new: Version, old: Version, policy: DimPolicy, orderings, betas,
                   seed: int) -> BackfillResult:
     where = f"backfill {new.name}:{old.name}"
-    rows = _matched_rows(old.gallery, new.gallery, where)
+    rows = matched_rows(old.gallery, new.gallery, where)
     after = np.asarray(new.gallery.features[rows])
     before, after = apply_dim_policy(np.asarray(old.gallery.features), after, policy, where=where)
     queries, _ = apply_dim_policy(np.asarray(new.queries.features), before, policy, where=where)

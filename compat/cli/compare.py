@@ -40,7 +40,7 @@ def _matches(pairs: tuple[str, ...]) -> dict[str, str] | None:
               help="Bootstrap resamples per cell and metric.")
 @click.option("--confidence", type=click.FloatRange(0.5, 1.0, min_open=True, max_open=True), default=0.95,
               show_default=True, help="Level of the intervals.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap.")
+@click.option("--seed", type=options.SEED, default=0, show_default=True, help="Seed of the bootstrap.")
 @options.backend
 @options.device
 @options.memory_budget
@@ -55,8 +55,10 @@ def compare_command(run_a: Path, run_b: Path, metrics: tuple[str, ...], matches:
     A run is a 'compat train' output directory or a compat.json beside its feature sets. Queries are
     matched by id (other queries: exit 2). Writes compare.json and compare.md under --out.
     """
+    from compat._files import check_output_dir
     from compat.comparison import compare_runs, render_markdown, write_reports
 
+    check_output_dir(out)  # before any work: reports that cannot be written are never computed
     comparison = compare_runs(run_a, run_b, metrics=metrics or None, versions=_matches(matches),
                               n_resamples=n_resamples, confidence=confidence, seed=seed, backend=backend,
                               device=device, memory_budget=memory_budget, progress=not quiet)

@@ -172,6 +172,9 @@ def _metrics(a: Run, b: Run, asked: Sequence[str] | None) -> tuple[str, ...]:
                           f"{b.protocol.value}; compare runs evaluated the same way")
     if a.protocol is Protocol.PAIRS:
         raise CompatError(f"runs: protocol pairs has no per-query values to pair ({a.source})")
+    if a.protocol is Protocol.QUERY_GALLERY:
+        raise CompatError(f"runs: protocol query-gallery is not supported ({a.source}): a run names one feature "
+                          "set per version, and its query sets are not recorded; compare loo or template runs")
     if a.similarity is not b.similarity:
         raise CompatError(f"runs: {a.source} uses {a.similarity.value} similarity, {b.source} "
                           f"{b.similarity.value}; compare runs evaluated the same way")

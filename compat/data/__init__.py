@@ -47,7 +47,7 @@ __all__ = [
     "dataset_labels",
     "fraction_subsets",
     "hold_out",
-    "per_class_subset",
     "list_datasets",
+    "per_class_subset",
     "subset_of_classes",
 ]

@@ -23,6 +23,7 @@ from compat.choices import parse_choice
 from compat.device import resolve_device
 from compat.errors import CompatError
 from compat.progress import progress as progress_bar
+from compat.retrieval.normalize import unit_rows
 
 __all__ = ["Backend", "Similarity", "knn", "parse_memory_budget", "resolve_backend"]
 
@@ -114,12 +115,10 @@ def _plan(n_query: int, n_gallery: int, dim: int, k: int, budget: int) -> _Plan:
 
 
 def prepare(block: np.ndarray, similarity: Similarity) -> np.ndarray:
-    """float32 copy ready for scoring: L2-normalised rows for cosine, unchanged for L2."""
+    """float32 copy ready for scoring: L2-normalised rows for cosine (any finite values:
+    :func:`compat.retrieval.normalize.unit_rows`), unchanged for L2."""
     x = np.ascontiguousarray(block, dtype=np.float32)
-    if similarity is Similarity.COSINE:
-        norms = np.linalg.norm(x, axis=1, keepdims=True)
-        x = x / np.maximum(norms, np.finfo(np.float32).tiny)
-    return x
+    return unit_rows(x) if similarity is Similarity.COSINE else x
 
 
 def _scores_f64(q: np.ndarray, g: np.ndarray, similarity: Similarity) -> np.ndarray:

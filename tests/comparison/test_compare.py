@@ -123,6 +123,16 @@ def test_bad_inputs_exit_2_with_one_line_and_no_report(tmp_path, b_kwargs, args,
     assert not out.exists()
 
 
+@pytest.mark.parametrize(("protocol", "message"), [("pairs", "protocol pairs has no per-query values"),
+                                                     ("query-gallery", "protocol query-gallery is not supported")])
+def test_protocols_without_a_query_per_feature_set_are_refused(tmp_path, protocol, message):
+    a = _run(tmp_path, "a", ANGLES_A)
+    report = json.loads((a / "compat.json").read_text())
+    (a / "compat.json").write_text(json.dumps(report | {"protocol": protocol}))
+    with pytest.raises(CompatError, match=message):
+        compare_runs(a, a, n_resamples=10, progress=False)
+
+
 def test_feature_sets_that_are_not_the_runs_are_refused(tmp_path):
     a, b = _run(tmp_path, "a", ANGLES_A), _run(tmp_path, "b", ANGLES_B)
     save_features(FeatureSet.from_arrays(_circle(ANGLES_A), LABELS, IDS), b / "v0.npz")  # swapped behind the report

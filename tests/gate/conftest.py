@@ -94,10 +94,10 @@ def models(tmp_path_factory, pixels_backbone) -> dict[str, Path]:
     return out
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def empty_store(tmp_path_factory) -> Path:
-    """A migrated, empty sqlite store: creating its tables takes seconds, copying the file does not.
-    Its default experiment keeps artifacts under this fixture's directory."""
+    """A migrated, empty sqlite store, made once for the session: creating its tables takes seconds,
+    copying the file does not. Its default experiment keeps artifacts under this fixture's directory."""
     from mlflow import MlflowClient
 
     root = tmp_path_factory.mktemp("mlflow-template")
