@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from compat.adapters import load_adapter
-from compat.comparison import compare_runs, write_reports
-from compat.compatibility import update_gain
+from compat.comparison import compare_runs, paired_difference, write_reports
+from compat.compatibility import evaluate_cell, update_gain
 from compat.features import load_features
 from compat.markdown import num, pct, pp, table
 from compat.retrieval import RetrievalEvaluator
@@ -33,6 +33,18 @@ METRICS = ("cmc@1", "map")
 
 def report(run: Path) -> dict:
     return json.loads((run / "compat.json").read_text(encoding="utf-8"))
+
+
+def finished(run: Path) -> bool:
+    """A run that wrote its report (and, for an adapter recipe, its adapters' summary)."""
+    if not (run / "compat.json").is_file():
+        return False
+    return not (run / "adapters").is_dir() or (run / "adapters" / "summary.json").is_file()
+
+
+def seeds_of(root: Path, recipe: str, seeds: list[int]) -> list[int]:
+    """The seeds of ``fmnist-<recipe>`` that finished."""
+    return [s for s in seeds if finished(root / f"fmnist-{recipe}-s{s}")]
 
 
 def corners(rep: dict, metric: str) -> tuple[float, float, float]:
@@ -70,24 +82,30 @@ def _per_seed(values: list[float | None]) -> str:
 
 
 def chain_table(root: Path, recipes: list[str], seeds: list[int], reference) -> list[str]:
-    """old/old, new/old, new/new (mean over seeds), AC and update gain per metric, passes per seed."""
+    """old/old, new/old, new/new (mean over the finished seeds), AC and update gain per metric (per seed
+    where they differ), and the seeds whose every pair passes the criterion on both metrics."""
     rows = []
     for recipe in recipes:
-        reps = [report(root / f"fmnist-{recipe}-s{s}") for s in seeds]
-        row = [f"`fmnist-{recipe}`"]
+        done = seeds_of(root, recipe, seeds)
+        if not done:
+            continue
+        reps = [report(root / f"fmnist-{recipe}-s{s}") for s in done]
+        row = [f"`fmnist-{recipe}`", " ".join(map(str, done))]
         for metric in METRICS:
             cells = np.mean([corners(r, metric) for r in reps], axis=0)
             row += [pct(c) for c in cells]
         for metric in METRICS:
             row.append(_per_seed([r["summary"][metric]["ac"] for r in reps]))
         for metric in METRICS:
-            refs = [reference(recipe, s, metric) for s in seeds]
+            refs = [reference(recipe, s, metric) for s in done]
             row.append(_per_seed([None if ref is None else gain(r, metric, ref) for r, ref in zip(reps, refs)]))
-        ok = [all(passes(r, "cmc@1")) and all(passes(r, "map")) for r in reps]
-        row.append(f"{sum(ok)}/{len(ok)}")
+        for metric in METRICS:
+            ok = [all(passes(r, metric)) for r in reps]
+            row.append(f"{sum(ok)}/{len(ok)}")
         rows.append(row)
-    header = ["recipe", "old/old CMC@1", "new/old CMC@1", "new/new CMC@1", "old/old mAP", "new/old mAP",
-              "new/new mAP", "AC CMC@1", "AC mAP", "update gain CMC@1", "update gain mAP", "seeds passing both"]
+    header = ["recipe", "seeds", "old/old CMC@1", "new/old CMC@1", "new/new CMC@1", "old/old mAP", "new/old mAP",
+              "new/new mAP", "AC CMC@1", "AC mAP", "update gain CMC@1", "update gain mAP", "criterion CMC@1",
+              "criterion mAP"]
     return table(header, rows)
 
 
@@ -109,75 +127,110 @@ def _interval(cell) -> str:
 
 def versus_table(root: Path, baseline: str, methods: list[str], seeds: list[int], seed: int,
                  n_resamples: int) -> list[str]:
-    """Each method's new/old and new/new against the baseline: one seed with intervals, three-seed means."""
+    """Each method's new/old and new/new against the baseline: one seed with intervals, and the mean
+    difference over the seeds both finished."""
     rows = []
     for method in methods:
+        if not (finished(root / f"fmnist-{method}-s{seed}") and finished(root / f"fmnist-{baseline}-s{seed}")):
+            continue
         cells = compare(root, method, baseline, seed, n_resamples)
         row = [f"`{method}`"]
         for metric in METRICS:
             for cell in ("new/old", "new/new"):
                 row.append(_interval(cells[(metric, cell)]))
+        both = [s for s in seeds_of(root, method, seeds) if s in seeds_of(root, baseline, seeds)]
+        row.append(" ".join(map(str, both)))
         for metric in METRICS:
             for k in (1, 2):
                 diffs = [corners(report(root / f"fmnist-{method}-s{s}"), metric)[k]
-                         - corners(report(root / f"fmnist-{baseline}-s{s}"), metric)[k] for s in seeds]
+                         - corners(report(root / f"fmnist-{baseline}-s{s}"), metric)[k] for s in both]
                 row.append(pp(float(np.mean(diffs))))
         rows.append(row)
-    header = [f"method - {baseline}", "new/old CMC@1", "new/new CMC@1", "new/old mAP", "new/new mAP",
-              "mean new/old CMC@1", "mean new/new CMC@1", "mean new/old mAP", "mean new/new mAP"]
+    header = [f"method - {baseline}", f"new/old CMC@1, seed {seed}", f"new/new CMC@1, seed {seed}",
+              f"new/old mAP, seed {seed}", f"new/new mAP, seed {seed}", "seeds", "mean new/old CMC@1",
+              "mean new/new CMC@1", "mean new/old mAP", "mean new/new mAP"]
     return table(header, rows)
 
 
 def pairs_table(root: Path, pairs: list[tuple[str, str]], seeds: list[int], n_resamples: int) -> list[str]:
-    """A - B on new/old and new/new for every seed, with intervals."""
+    """A - B on new/old and new/new for every seed both finished, with intervals."""
     rows = []
     for a, b in pairs:
         for s in seeds:
+            if not (finished(root / f"fmnist-{a}-s{s}") and finished(root / f"fmnist-{b}-s{s}")):
+                continue
             cells = compare(root, a, b, s, n_resamples)
             rows.append([f"`{a}` - `{b}`", str(s)] + [_interval(cells[(m, c)]) for m in METRICS
                                                         for c in ("new/old", "new/new")])
     return table(["A - B", "seed", "new/old CMC@1", "new/new CMC@1", "new/old mAP", "new/new mAP"], rows)
 
 
-def adapter_table(run_names: list[Path]) -> list[str]:
+def adapter_table(runs: list[Path]) -> list[str]:
     """Cells of the adapter recipe per seed (CMC@1 / mAP, percent)."""
-    summaries = [json.loads((r / "adapters" / "summary.json").read_text())["v1:v0"] for r in run_names]
+    runs = [r for r in runs if finished(r)]
+    if not runs:
+        return []
+    summaries = [json.loads((r / "adapters" / "summary.json").read_text())["v1:v0"] for r in runs]
     rows = [[cell] + [f"{pct(s['raw'][cell]['cmc@1'])} / {pct(s['raw'][cell]['map'])}" for s in summaries]
             for cell in ("old/old", "new/new", "new/old")]
     for name in summaries[0]["adapters"]:
         for cell in ("B(new)/old", "B(new)/F(old)", "B(new)/B(new)"):
+            if cell not in summaries[0]["adapters"][name]["cells"]:
+                continue
             rows.append([f"{cell.replace('B(', f'B_{name}(')}"] + [
                 f"{pct(s['adapters'][name]['cells'][cell]['cmc@1'])} / {pct(s['adapters'][name]['cells'][cell]['map'])}"
                 for s in summaries])
-    return table(["cell"] + [r.name for r in run_names], rows)
+    return table(["cell"] + [r.name for r in runs], rows)
 
 
-def lambda_table(runs: list[Path]) -> list[str]:
-    """B_lambda on the validation split: cells, retention and the distance from orthogonality."""
+def lambda_table(run: Path, n_resamples: int) -> list[str]:
+    """Every backward adapter of a run on its evaluation split, computed from the run's feature sets and
+    adapter files: B(new)/old and its difference from B_perp(new)/old with a paired interval, the
+    criterion (B(new)/old above old/old), B(new)/B(new) against new/new, and the Frobenius norm of W W^T - I."""
+    evaluator = RetrievalEvaluator(METRICS, device="cpu")
+    old, new = load_features(run / "features" / "v0.npz"), load_features(run / "features" / "v1.npz")
+    old_old, new_new = (evaluator.evaluate(fs, fs) for fs in (old, new))
+    adapters = {f.stem.removeprefix("v1-v0-"): load_adapter(f) for f in sorted((run / "adapters").glob("v1-v0-*.npz"))}
+    cells = {name: evaluate_cell(evaluator, new, old, transform=lambda q, g, a=a: (a.to_old(q), a.old_space(g)))
+             for name, a in adapters.items()}
     rows = []
-    for run in runs:
-        s = json.loads((run / "adapters" / "summary.json").read_text())["v1:v0"]
-        for name, entry in s["adapters"].items():
-            info = load_adapter(run / entry["path"]).info.to_json()
-            cells = entry["cells"]
-            rows.append([run.name, name, str(info["dim"])]
-                        + [f"{pct(cells[c]['cmc@1'])} / {pct(cells[c]['map'])}"
-                           for c in ("B(new)/old", "B(new)/F(old)", "B(new)/B(new)")]
-                        + [num(entry["retention"]["cmc@1"]), num(info["training"].get("orthogonality_gap"))])
-    header = ["run", "adapter", "d", "B(new)/old", "B(new)/F(old)", "B(new)/B(new)", "retention CMC@1",
-              "||W W^T - I||_F"]
-    return table(header, rows)
+    for name in sorted(adapters, key=_lambda_order):
+        a, cell = adapters[name], cells[name]
+        own = evaluate_cell(evaluator, new, new, transform=lambda q, g, a=a: (a.to_old(q), a.to_old(g)))
+        row = [name, str(a.info.dim), num(a.info.training.get("orthogonality_gap"))]
+        for metric in METRICS:
+            row.append(pct(cell.values[metric]) + (" ✓" if cell.values[metric] > old_old[metric] else " ✗"))
+            _, _, d = paired_difference(cell, new.ids, cells["perp"], new.ids, metric, n_resamples=n_resamples)
+            row.append("0" if name == "perp" else f"{pp(d.value)} [{pp(d.low)}, {pp(d.high)}]")
+        row += [f"{100 * own.values[m] / new_new[m]:.2f}%" for m in METRICS]
+        rows.append(row)
+    header = ["adapter", "d", "orthogonality gap", "B(new)/old CMC@1", "- B_perp CMC@1", "B(new)/old mAP",
+              "- B_perp mAP", "B(new)/B(new) of new/new, CMC@1", "mAP"]
+    note = (f"old/old {pct(old_old['cmc@1'])} / {pct(old_old['map'])}, new/new {pct(new_new['cmc@1'])} / "
+            f"{pct(new_new['map'])} (CMC@1 / mAP); ✓ / ✗: B(new)/old passes / fails the criterion; "
+            "orthogonality gap: the trained W's distance from the orthogonal matrices, the Frobenius norm of W W^T - I")
+    return [note, "", *table(header, rows)]
+
+
+def _lambda_order(name: str) -> float:
+    """perp first, then the lambda adapters by radius."""
+    if name == "perp":
+        return -1.0
+    radius = name.removeprefix("lambda")
+    return float("inf") if radius == "-inf" else float(radius) if radius.replace(".", "").isdigit() else 1e9
 
 
 def times_table(root: Path, names: list[str]) -> list[str]:
+    """Wall and CPU time of every finished run (one torch thread each; the CPU time is what the run
+    itself used, the wall time depends on what else ran on the machine)."""
     rows = []
     for name in names:
         path = root / "logs" / f"{name}.time"
-        fields = path.read_text().split() if path.is_file() else []
+        fields = path.read_text().split() if path.is_file() and finished(root / name) else []
         values = dict(zip(fields[::2], fields[1::2]))
         if "wall_s" in values:
             rows.append([name, f"{float(values['wall_s']) / 60:.1f}", f"{float(values['user_s']) / 60:.1f}"])
-    return table(["run", "wall (min)", "CPU, one thread (min)"], rows)
+    return table(["run", "wall (min)", "user CPU (min)"], rows)
 
 
 def main() -> None:
@@ -186,15 +239,22 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--compare-seed", type=int, default=0)
     parser.add_argument("--n-resamples", type=int, default=2000)
+    parser.add_argument("--lambda-run", type=Path, action="append", default=None,
+                        help="a run whose adapters to tabulate (default: RUNS/val-lambda-* that finished)")
     args = parser.parse_args()
     root, seeds = args.runs, args.seeds
+    lambda_runs = args.lambda_run or [r for r in sorted(root.glob("val-lambda-*")) if finished(r)]
     print(f"<!-- python examples/fmnist_results.py {root} --seeds {' '.join(map(str, seeds))} -->\n")
 
     def growth_reference(recipe: str, seed: int, metric: str) -> float | None:
-        return None if recipe == "independent" else corners(report(root / f"fmnist-independent-s{seed}"), metric)[2]
+        independent = root / f"fmnist-independent-s{seed}"
+        if recipe == "independent" or not finished(independent):
+            return None
+        return corners(report(independent), metric)[2]
 
-    def classes_reference(recipe: str, seed: int, metric: str) -> float:
-        return self_value(root / f"fmnist-bt2-classes-s{seed}" / "features" / "v1-independent.npz", metric)
+    def classes_reference(recipe: str, seed: int, metric: str) -> float | None:
+        teacher = root / f"fmnist-bt2-classes-s{seed}" / "features" / "v1-independent.npz"
+        return self_value(teacher, metric) if teacher.is_file() else None
 
     sections = [
         ("Growth protocol", chain_table(root, GROWTH, seeds, growth_reference)),
@@ -208,8 +268,8 @@ def main() -> None:
         ("Class-incremental", chain_table(root, CLASSES, seeds, classes_reference)),
         ("Architecture change", chain_table(root, ["bct-arch"], seeds, growth_reference)),
         ("Adapters", adapter_table([root / f"fmnist-adapters-s{s}" for s in seeds])),
-        ("lambda on the validation split", lambda_table(sorted(root.glob("val-lambda-*")))),
-        ("Run times", times_table(root, sorted(p.stem for p in (root / "logs").glob("fmnist-*.time")))),
+        *((f"Backward adapters of {run.name}", lambda_table(run, args.n_resamples)) for run in lambda_runs),
+        ("Run times", times_table(root, sorted(p.stem for p in (root / "logs").glob("*.time")))),
     ]
     for title, lines in sections:
         print(f"### {title}\n")

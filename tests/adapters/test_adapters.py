@@ -123,6 +123,14 @@ def test_lambda_regulariser_switches_off_below_lambda():
     assert float(outside) == pytest.approx(3.0, rel=1e-9)  # far outside: the distance itself
 
 
+def test_the_default_radius_is_soft_orthogonality():
+    # Chosen on Fashion-MNIST's validation split (docs/methods.md, "Choosing lambda"): lambda = 0.
+    cfg = AdapterConfig(kind="lambda")
+    assert cfg.lam == 0.0
+    w = torch.tensor([[2.0, 0.0], [0.0, 1.0]])  # ||W W^T - I||_F = 3, penalised by 3 / (1 + e^-30)
+    assert float(lambda_orthogonality(w, cfg.lam, alpha=cfg.alpha)) == pytest.approx(3.0 / (1 + math.exp(-30.0)))
+
+
 def test_lambda_adapter_regulariser_and_identity_start():
     b = LambdaAdapter(4, lam=0.0)
     torch.testing.assert_close(b.weight, torch.eye(4))

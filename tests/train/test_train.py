@@ -125,8 +125,9 @@ PAPER_SETTINGS = {
     "cifar100-hoc-7tasks": {"versions": 7, "tasks": [10] + [15] * 6, "feature": 1023, "per_class": 300,
                             "rehearsal": 20, "replaced": [0, 2, 4], "protocol": "template"},
     "cifar100-bt2": {"versions": 2, "tasks": [50, 50], "optimizer": "adam", "lr": 1e-3, "basis_scale": 2.0,
-                     "feature": 160},
-    "cifar100-bct": {"versions": 2, "tasks": [50, 50], "optimizer": "adam", "lr": 1e-3, "feature": 128},
+                     "feature": 160, "schedule": ("cosine", 5)},
+    "cifar100-bct": {"versions": 2, "tasks": [50, 50], "optimizer": "adam", "lr": 1e-3, "feature": 128,
+                     "schedule": ("cosine", 5)},
 }
 
 
@@ -151,6 +152,19 @@ def test_paper_scale_recipes_build_on_a_fake_cifar100(tmp_path, monkeypatch, nam
     assert (t.nesterov, t.epochs if "epochs" in want else None, t.milestones if "milestones" in want else None) == (
         False, want.get("epochs"), want.get("milestones"))
     assert (t.optimizer, t.lr) == (want.get("optimizer", "sgd"), want.get("lr", t.lr))
+    if "schedule" in want:  # the BT^2 authors: 5 warm-up epochs, then a cosine
+        assert (t.schedule, t.warmup_epochs) == want["schedule"]
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=t.lr)
+        sched = build_scheduler(opt, t, steps_per_epoch=2)
+        lrs = []
+        for _ in range(2 * t.epochs):
+            lrs.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        # linear up over the 10 warm-up steps (2 per epoch), the full rate, then a half cosine to ~0
+        assert lrs[:10] == pytest.approx([t.lr * (k + 1) / 10 for k in range(10)])
+        assert lrs[10] == pytest.approx(t.lr) and lrs[-1] < 1e-3 * t.lr
+        assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
     assert recipe.eval.protocol.value == want.get("protocol", "loo")
     if "per_class" in want:  # 4 fake images per class, under the 300 kept: all of them stay
         assert recipe.data.images_per_class == want["per_class"] and len(pool) == len(labels)
