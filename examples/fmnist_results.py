@@ -165,6 +165,30 @@ def pairs_table(root: Path, pairs: list[tuple[str, str]], seeds: list[int], n_re
     return table(["A - B", "seed", "new/old CMC@1", "new/new CMC@1", "new/old mAP", "new/new mAP"], rows)
 
 
+_BT2_CHOICE = "BT^2 as published: C = 2, their prototypes, head on norm(f) (over C = 3, normalised means, raw head)"
+# The choices made on the validation split: (chosen run, the alternative, what was chosen).
+VALIDATION = [
+    ("val-independent-lr0.1-s0", "val-independent-lr0.05-s0", "SGD at 0.1 (over 0.05) for every growth recipe"),
+    ("val-hoc-authors-s0", "val-hoc-masked-s0", "HOC in the authors' form (over the paper's masked form)"),
+    ("val-bt2-authors-s0", "val-bt2-former-s0", _BT2_CHOICE),
+]
+
+
+def validation_table(root: Path, n_resamples: int) -> list[str]:
+    """Chosen minus alternative on the newest version's cells, with intervals (reports under RUNS/compare/)."""
+    rows = []
+    for chosen, other, what in VALIDATION:
+        if not (finished(root / chosen) and finished(root / other)):
+            continue
+        result = compare_runs(root / chosen, root / other, metrics=METRICS, n_resamples=n_resamples, progress=False)
+        write_reports(result, root / "compare" / f"{chosen}-vs-{other}")
+        newest = report(root / chosen)["versions"][-1]
+        cells = {(c.metric, c.cell_a[1] == newest): c for c in result.cells if c.cell_a[0] == newest}
+        rows.append([what, f"`{chosen}` - `{other}`"] + [_interval(cells[(m, own)]) for m in METRICS
+                                                           for own in (False, True)])
+    return table(["choice", "runs", "new/old CMC@1", "new/new CMC@1", "new/old mAP", "new/new mAP"], rows)
+
+
 def adapter_table(runs: list[Path]) -> list[str]:
     """Cells of the adapter recipe per seed (CMC@1 / mAP, percent)."""
     runs = [r for r in runs if finished(r)]
@@ -257,6 +281,7 @@ def main() -> None:
         return self_value(teacher, metric) if teacher.is_file() else None
 
     sections = [
+        ("Choices on the validation split", validation_table(root, args.n_resamples)),
         ("Growth protocol", chain_table(root, GROWTH, seeds, growth_reference)),
         ("Against `independent`", versus_table(root, "independent", GROWTH[1:], seeds, args.compare_seed,
                                                args.n_resamples)),
