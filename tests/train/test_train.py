@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -164,7 +165,7 @@ def test_paper_scale_recipes_build_on_a_fake_cifar100(tmp_path, monkeypatch, nam
         # linear up over the 10 warm-up steps (2 per epoch), the full rate, then a half cosine to ~0
         assert lrs[:10] == pytest.approx([t.lr * (k + 1) / 10 for k in range(10)])
         assert lrs[10] == pytest.approx(t.lr) and lrs[-1] < 1e-3 * t.lr
-        assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+        assert all(a >= b for a, b in itertools.pairwise(lrs[10:]))
     assert recipe.eval.protocol.value == want.get("protocol", "loo")
     if "per_class" in want:  # 4 fake images per class, under the 300 kept: all of them stay
         assert recipe.data.images_per_class == want["per_class"] and len(pool) == len(labels)
