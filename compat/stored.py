@@ -15,7 +15,6 @@ validated by :func:`compat.features.load_features` and then served in blocks fro
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ import numpy as np
 from compat._files import is_input_dir
 from compat.errors import CompatError
 from compat.features import FeatureSet, check_finite, load_features
+from compat.jsontext import read_json_object
 
 __all__ = ["Block", "StoredFeatures", "open_stored"]
 
@@ -149,10 +149,4 @@ def open_stored(path: str | os.PathLike[str]) -> StoredFeatures:
 def _read_meta(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CompatError(f"{path}: field 'meta' is not a readable JSON file ({exc})") from None
-    if not isinstance(meta, dict):
-        raise CompatError(f"{path}: field 'meta' must be a JSON object, got {type(meta).__name__}")
-    return meta
+    return read_json_object(path, "field 'meta'")

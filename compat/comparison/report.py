@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 from compat._atomic import write_all_or_nothing
 from compat.comparison.compare import RunComparison
+from compat.jsontext import report_json
 from compat.markdown import escape, pct, pp, table
 
 __all__ = ["JSON_NAME", "MARKDOWN_NAME", "render_markdown", "to_json", "write_reports"]
@@ -71,6 +71,6 @@ def write_reports(comparison: RunComparison, out_dir: str | Path) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     return write_all_or_nothing(out, {
-        JSON_NAME: lambda p: p.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8"),
+        JSON_NAME: lambda p: p.write_text(report_json(document), encoding="utf-8"),
         MARKDOWN_NAME: lambda p: p.write_text(markdown, encoding="utf-8"),
     })

@@ -9,7 +9,6 @@ beside it gives the similarity and dimension policy (otherwise cosine and ``erro
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from compat.choices import parse_choice
 from compat.compatibility.cell import DimPolicy
 from compat.configfile import read_yaml_mapping
 from compat.errors import CompatError
+from compat.jsontext import read_json_object
 from compat.retrieval.evaluator import Protocol
 from compat.retrieval.knn import Similarity
 
@@ -78,12 +78,7 @@ def load_run(path: str | Path) -> Run:
 
 
 def _read_report(path: Path) -> dict[str, Any]:
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CompatError(f"{path}: not a readable {REPORT_NAME} ({exc})") from None
-    if not isinstance(report, dict):
-        raise CompatError(f"{path}: expected a JSON object")
+    report = read_json_object(path, f"the run's {REPORT_NAME}")
     for key, kind in (("versions", list), ("protocol", str), ("metrics", dict)):
         if not isinstance(report.get(key), kind):
             raise CompatError(f"{path}: field {key}: expected a {kind.__name__} (a {REPORT_NAME} of compat eval or train)")
