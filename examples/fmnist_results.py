@@ -166,6 +166,30 @@ def pairs_table(root: Path, pairs: list[tuple[str, str]], seeds: list[int], n_re
 
 
 _BT2_CHOICE = "BT^2 as published: C = 2, their prototypes, head on norm(f) (over C = 3, normalised means, raw head)"
+def class_split_table(root: Path, recipes: list[str], seed: int) -> list[str]:
+    """Class-incremental runs: old/old, new/old and new/new over the queries of the classes the old
+    model trained on (0-4) and of the others (5-9), from the runs' feature sets."""
+    evaluator = RetrievalEvaluator(METRICS, device="cpu")
+    rows = []
+    for recipe in recipes:
+        run = root / f"fmnist-{recipe}-s{seed}"
+        if not finished(run):
+            continue
+        versions = report(run)["versions"]
+        old, new = (load_features(run / "features" / f"{v}.npz") for v in (versions[0], versions[-1]))
+        cells = {"old/old": evaluate_cell(evaluator, old, old), "new/old": evaluate_cell(evaluator, new, old),
+                 "new/new": evaluate_cell(evaluator, new, new)}
+        row = [f"`fmnist-{recipe}`"]
+        for metric in METRICS:
+            for name, cell in cells.items():
+                seen = new.labels < 5 if name != "old/old" else old.labels < 5
+                row.append(" / ".join(pct(float(cell.per_query[metric][part & cell.counted].mean()))
+                                      for part in (seen, ~seen)))
+        rows.append(row)
+    header = ["recipe"] + [f"{c} {m}" for m in ("CMC@1", "mAP") for c in ("old/old", "new/old", "new/new")]
+    return table(header, rows)
+
+
 # The choices made on the validation split: (chosen run, the alternative, what was chosen).
 VALIDATION = [
     ("val-independent-lr0.1-s0", "val-independent-lr0.05-s0", "SGD at 0.1 (over 0.05) for every growth recipe"),
@@ -291,6 +315,7 @@ def main() -> None:
                                                 ("bct-authors", "independent"), ("bt2", "independent")],
                                          seeds, args.n_resamples)),
         ("Class-incremental", chain_table(root, CLASSES, seeds, classes_reference)),
+        ("Class-incremental by class", class_split_table(root, CLASSES, args.compare_seed)),
         ("Architecture change", chain_table(root, ["bct-arch"], seeds, growth_reference)),
         ("Adapters", adapter_table([root / f"fmnist-adapters-s{s}" for s in seeds])),
         *((f"Backward adapters of {run.name}", lambda_table(run, args.n_resamples)) for run in lambda_runs),

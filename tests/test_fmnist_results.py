@@ -7,6 +7,7 @@ import importlib.util
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from compat.comparison import compare_runs
@@ -69,3 +70,15 @@ def test_versus_table_gives_compare_runs_intervals(runs):
     assert rows[0][1] == f"{pp(new_old.value)} [{pp(new_old.low)}, {pp(new_old.high)}]"
     assert rows[0][6] == pp(new_old.value)  # one seed: the mean difference is that seed's
     assert (runs / "compare" / "cores-vs-independent-s0" / "compare.json").is_file()
+
+
+def test_the_class_split_averages_back_to_the_reported_cells(runs):
+    results = _module()
+    rows = _rows(results.class_split_table(runs, ["cores"], 0))
+    report = json.loads((runs / "fmnist-cores-s0" / "compat.json").read_text())
+    labels = np.load(runs / "fmnist-cores-s0" / "features" / "v0.npz")["labels"]
+    n_seen = int((labels < 5).sum())
+    for k, (i, j) in enumerate(((0, 0), (1, 0), (1, 1))):
+        seen, unseen = (float(v) for v in rows[0][1 + k].split(" / "))
+        whole = (n_seen * seen + (len(labels) - n_seen) * unseen) / len(labels)
+        assert whole == pytest.approx(100 * report["metrics"]["cmc@1"][i][j], abs=0.01)
