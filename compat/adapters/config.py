@@ -68,7 +68,7 @@ class AdapterConfig:
             ``procrustes`` (closed form, not trained).
         lam: lambda radius for the ``lambda`` kind (0: soft orthogonality, the default; ``inf``:
             none). 0 was the best radius measured on Fashion-MNIST's validation split at d = 64
-            and d = 128 (docs/methods.md, "Choosing lambda"); the paper's 12 never binds there.
+            and d = 128 (docs/methods.md, "Choosing lambda"); the paper's 12 was worse at both.
         alpha: steepness of the lambda switch.
         forward: forward adapter: ``mlp`` (default), ``affine`` or ``none``.
         hidden: hidden width of the MLP forward adapter.
