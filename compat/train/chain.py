@@ -41,7 +41,7 @@ from compat.tracking import TrainingTracker
 from compat.train.checkpoint import seed_everything
 from compat.train.config import Recipe
 from compat.train.data import RecipeData
-from compat.train.distributed import DistributedContext
+from compat.distributed import DistributedContext
 from compat.train.loop import EpochStats, train_version
 from compat.train.plan import VersionPlan, initial_model, model_spec, plan_versions
 
