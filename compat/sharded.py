@@ -80,6 +80,16 @@ class ShardedArray:
             return self._cols(self.parts[p][i - self.offsets[p] : i - self.offsets[p] + 1])[0]
         return self._gather(np.asarray(key))
 
+    def row_range(self, start: int, stop: int) -> ShardedArray:
+        """Rows ``start:stop`` as a view over the parts (nothing is read or copied)."""
+        start, stop = max(0, start), min(len(self), stop)
+        parts = [p[max(start, a) - a : min(stop, b) - a] for p, a, b in zip(self.parts, self.offsets[:-1],
+                                                                             self.offsets[1:], strict=True)
+                 if min(stop, b) > max(start, a)]
+        if not parts:
+            parts = [self.parts[0][:0]]
+        return ShardedArray(parts, columns=self.columns, checked=self.checked)
+
     def _with_columns(self, cols: slice) -> ShardedArray:
         base = range(self.parts[0].shape[1])
         kept = base[self.columns] if self.columns is not None else base

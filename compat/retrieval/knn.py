@@ -24,7 +24,17 @@ from compat.device import resolve_device
 from compat.errors import CompatError
 from compat.progress import progress as progress_bar
 
-__all__ = ["Backend", "Similarity", "knn", "parse_memory_budget", "resolve_backend"]
+__all__ = [
+    "Backend",
+    "Similarity",
+    "as_f64",
+    "error_bound",
+    "knn",
+    "pair_f64",
+    "parse_memory_budget",
+    "resolve_backend",
+    "score_f64",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -122,20 +132,32 @@ def prepare(block: np.ndarray, similarity: Similarity) -> np.ndarray:
     return x
 
 
-def _scores_f64(q: np.ndarray, g: np.ndarray, similarity: Similarity) -> np.ndarray:
+def as_f64(x: np.ndarray, similarity: Similarity) -> np.ndarray:
+    """Rows of ``x`` (..., D) in float64 as :func:`score_f64` uses them: L2-normalised for cosine."""
+    x64 = x.astype(np.float64)
+    if similarity is Similarity.COSINE:
+        x64 = x64 / np.maximum(np.linalg.norm(x64, axis=-1, keepdims=True), 1e-300)
+    return x64
+
+
+def pair_f64(q64: np.ndarray, g64: np.ndarray, similarity: Similarity) -> np.ndarray:
+    """Canonical scores of broadcastable rows prepared by :func:`as_f64`: (..., D), (..., D) -> (...)."""
+    if similarity is Similarity.COSINE:
+        return np.einsum("...d,...d->...", q64, g64)
+    diff = q64 - g64
+    return -np.einsum("...d,...d->...", diff, diff)
+
+
+def score_f64(q: np.ndarray, g: np.ndarray, similarity: Similarity) -> np.ndarray:
     """Canonical float64 scores, higher is better: cosine similarity or minus squared distance.
+
+    Each (query, item) score is computed the same way whatever the batch around it, so equal
+    features always score equal: the exact order of every search and ranking is defined by it.
 
     Args:
         q: (..., D) queries; g: (..., M, D) gallery rows for each query. Returns (..., M).
     """
-    q64 = q.astype(np.float64)[..., None, :]
-    g64 = g.astype(np.float64)
-    if similarity is Similarity.COSINE:
-        q64 = q64 / np.maximum(np.linalg.norm(q64, axis=-1, keepdims=True), 1e-300)
-        g64 = g64 / np.maximum(np.linalg.norm(g64, axis=-1, keepdims=True), 1e-300)
-        return np.einsum("...d,...d->...", q64, g64)
-    diff = q64 - g64
-    return -np.einsum("...d,...d->...", diff, diff)
+    return pair_f64(as_f64(q, similarity)[..., None, :], as_f64(g, similarity), similarity)
 
 
 def _gallery_blocks(gallery: np.ndarray, rows: int, similarity: Similarity) -> Iterator[tuple[int, np.ndarray]]:
@@ -152,6 +174,10 @@ class _PreparedGallery:
         if gallery.shape[0] * gallery.shape[1] * 4 <= budget // 4:
             self.cache = list(_gallery_blocks(gallery, rows, similarity))
         self._max_norm: float | None = None
+
+    def record_max_norm(self, value: float) -> None:
+        """The largest norm, measured by a caller that read every block anyway (no second pass)."""
+        self._max_norm = value
 
     @property
     def max_norm(self) -> float:
@@ -338,7 +364,7 @@ def _canonical_topk(
     for s in range(0, nq, step):
         rows = safe_i[s : s + step]
         cand = np.asarray(gallery[rows.ravel()]).reshape(len(rows), kk, dim)
-        exact[s : s + step] = _scores_f64(q_raw[s : s + step], cand, similarity)
+        exact[s : s + step] = score_f64(q_raw[s : s + step], cand, similarity)
     exact = np.where(valid, exact, -np.inf)
     order = np.lexsort((safe_i, -exact), axis=1)[:, :k]
     top_s = np.full((nq, k), np.nan)
@@ -350,7 +376,7 @@ def _canonical_topk(
 
     n_eligible = gallery.shape[0] - (exclude >= 0)
     complete = valid.sum(1) >= n_eligible  # every eligible item is a candidate: nothing was cut
-    bound = _error_bound(q_raw, prepared.max_norm, dim, similarity)
+    bound = error_bound(q_raw, prepared.max_norm, dim, similarity)
     last_backend = np.where(valid, cand_s, np.inf).min(1)
     kth = np.nan_to_num(top_s[:, k - 1], nan=-np.inf)
     redo = ~complete & ((valid.sum(1) < kk) | ~(kth > last_backend + bound))
@@ -361,7 +387,7 @@ def _canonical_topk(
     return top_s, top_i
 
 
-def _error_bound(q_raw: np.ndarray, max_norm: float, dim: int, similarity: Similarity) -> np.ndarray:
+def error_bound(q_raw: np.ndarray, max_norm: float, dim: int, similarity: Similarity) -> np.ndarray:
     """Worst-case float32 error of a backend score (classical dot-product bound, doubled)."""
     if similarity is Similarity.COSINE:
         return np.full(len(q_raw), 2.0 * (dim + 2) * _UNIT_ROUNDOFF32)
@@ -381,7 +407,7 @@ def _exact_rows(
         qs = q[s : s + step].astype(np.float64)
         g_rows = max(1, (64 << 20) // (8 * gallery.shape[1] * len(qs)))
         scores = np.concatenate(
-            [_scores_f64(qs, np.asarray(gallery[b : b + g_rows])[None], similarity) for b in range(0, ng, g_rows)],
+            [score_f64(qs, np.asarray(gallery[b : b + g_rows])[None], similarity) for b in range(0, ng, g_rows)],
             axis=1,
         )
         ex = exclude[s : s + step]

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from compat.distributed import DistributedContext
 from compat.errors import CompatError
-from compat.retrieval.knn import Similarity, knn, prepare, scored_chunks
+from compat.retrieval.knn import Similarity, prepare
 from compat.retrieval.metrics import (
     Metric,
     MetricKind,
@@ -22,9 +23,10 @@ from compat.retrieval.metrics import (
     average_precision,
     average_precision_at_r,
 )
-from compat.retrieval.ranking import positive_ranks_numpy, positive_ranks_torch
+from compat.retrieval.sharding import full_ranking, ranked_topk
 
 __all__ = [
+    "first_positive",
     "kfold_threshold_accuracy",
     "leave_one_out",
     "match_ids",
@@ -98,19 +100,23 @@ def leave_one_out(
     threads: int = 2,
     where: str = "leave-one-out",
     progress: bool = False,
+    dist: DistributedContext | None = None,
 ) -> RetrievalResult:
     """Leave-one-out retrieval: each query's own item (by id) is removed from the gallery.
 
     Args:
-        query, gallery: (Nq, D), (Ng, D) features.
+        query, gallery: (Nq, D), (Ng, D) features (the gallery may be memory-mapped or sharded).
         query_labels, gallery_labels: (Nq,), (Ng,) int64.
         query_ids, gallery_ids: item ids; every query id must be in the gallery.
         metrics: any of cmc@k, map, map@r.
         progress: a bar over the query chunks on a terminal.
+        dist: under torchrun, every rank searches its part of the gallery and the ranks' exact
+            results are merged (:mod:`compat.retrieval.sharding`); every rank returns the result.
 
     Returns:
         Averages over the queries that have at least one positive; the others are counted.
     """
+    dist = dist or DistributedContext.single()
     exclude = match_ids(query_ids, gallery_ids, required=True, where=where)
     members = _class_members(gallery_labels)
     counts = {c: len(m) for c, m in members.items()}
@@ -119,49 +125,18 @@ def leave_one_out(
     has_pos = n_pos > 0
     cmc = [m for m in metrics if m.kind is MetricKind.CMC]
     kmax = max((m.k for m in cmc), default=1)
-    full = any(m.needs_full_ranking for m in metrics)
     per_query: dict[str, np.ndarray] = {m.name: np.zeros(len(query)) for m in metrics}
-    if not full:
-        _, idx = knn(
-            query,
-            gallery,
-            kmax,
-            similarity=similarity,
-            backend=backend,
-            device=device,
-            exclude=exclude,
-            memory_budget=memory_budget,
-            progress=progress,
-        )
-        per_query.update(_cmc_hits(_first_positive(idx, gallery_labels, query_labels), metrics))
+    search = {"similarity": similarity, "device": device, "memory_budget": memory_budget, "progress": progress}
+    if any(m.needs_full_ranking for m in metrics):
+        full_ranking(query, query_labels, gallery, gallery_labels, members, exclude, metrics, per_query, dist=dist,
+                     threads=threads, **search)
         return _result(per_query, has_pos, metrics)
-    for start, scores, _, top_i in scored_chunks(
-        query, gallery, kmax, similarity=similarity, device=device, exclude=exclude, memory_budget=memory_budget,
-        progress=progress,
-    ):
-        rows = np.arange(start, start + scores.shape[0])
-        for name, hits in _cmc_hits(_first_positive(top_i, gallery_labels, query_labels[rows]), metrics).items():
-            per_query[name][rows] = hits
-        live = rows[has_pos[rows]]
-        positives = [_without(members[int(query_labels[r])], exclude[r]) for r in live]
-        local = live - start
-        if scores.device.type == "cpu":
-            ranks = positive_ranks_numpy(scores.numpy()[local], positives, threads=threads)
-        else:
-            ranks = positive_ranks_torch(scores[local], positives)
-        for r, rk in zip(live, ranks, strict=True):
-            if "map" in per_query:
-                per_query["map"][r] = average_precision(rk)
-            if "map@r" in per_query:
-                per_query["map@r"][r] = average_precision_at_r(rk)
+    idx = ranked_topk(query, gallery, kmax, exclude=exclude, dist=dist, backend=backend, **search)
+    per_query.update(_cmc_hits(first_positive(idx, gallery_labels, query_labels), metrics))
     return _result(per_query, has_pos, metrics)
 
 
-def _without(members: np.ndarray, excluded: int) -> np.ndarray:
-    return members[members != excluded] if excluded >= 0 else members
-
-
-def _first_positive(idx: np.ndarray, gallery_labels: np.ndarray, query_labels: np.ndarray) -> np.ndarray:
+def first_positive(idx: np.ndarray, gallery_labels: np.ndarray, query_labels: np.ndarray) -> np.ndarray:
     """1-based position of the first same-label neighbour in each row of ``idx``; inf if none."""
     hit = (idx >= 0) & (gallery_labels[np.maximum(idx, 0)] == query_labels[:, None])
     first = np.where(hit.any(1), hit.argmax(1) + 1, np.inf)
