@@ -8,11 +8,13 @@ below (gloo on CPU, NCCL on CUDA), which do nothing in a single process.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
+
+from compat.errors import CompatError
 
 __all__ = ["DistributedContext"]
 
@@ -140,3 +142,18 @@ class DistributedContext:
             if len(part):
                 return part.tobytes().decode("utf-8")
         return None
+
+    def agree(self, fn: Callable[[], T]) -> T:
+        """``fn()`` on every rank; a :class:`CompatError` on any rank is raised on all of them.
+
+        For steps that check input (loading feature sets): a rank that finds bad input would
+        otherwise leave the others waiting in their next collective.
+        """
+        try:
+            result, message = fn(), None
+        except CompatError as exc:
+            result, message = None, str(exc)
+        message = self.first_error(message)
+        if message is not None:
+            raise CompatError(message)
+        return result

@@ -40,8 +40,8 @@ import numpy as np
 from compat._atomic import atomic_path
 from compat.errors import CompatError
 from compat.external_sort import ExternalSort, first_repeat
-from compat.features import FeatureSet, check_finite, save_features
-from compat.sharded import ShardedArray
+from compat.features import FeatureSet, check_finite, load_features, save_features
+from compat.sharded import ShardedArray, partition_rows
 from compat.stored import StoredFeatures, open_stored
 
 __all__ = [
@@ -50,6 +50,7 @@ __all__ = [
     "ShardInfo",
     "check_unique_ids",
     "is_manifest",
+    "load_for_rank",
     "load_manifest",
     "open_stored_shards",
     "read_manifest",
@@ -130,7 +131,7 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
         raise CompatError(f"{f}: a manifest must be a JSON object")
     unknown, missing = set(doc) - _KEYS, _KEYS - set(doc)
     if unknown or missing:
-        what = f"unknown key {sorted(unknown)[0]!r}" if unknown else f"missing key {sorted(missing)[0]!r}"
+        what = f"unknown key {min(unknown)!r}" if unknown else f"missing key {min(missing)!r}"
         raise CompatError(f"{f}: {what}; expected the keys {', '.join(sorted(_KEYS))}")
     if doc["format"] != FORMAT or doc["format_version"] != FORMAT_VERSION:
         raise CompatError(f"{f}: field 'format': expected {FORMAT!r} version {FORMAT_VERSION}, "
@@ -355,3 +356,23 @@ def save_sharded(fs: FeatureSet, path: str | os.PathLike[str], *, shard_rows: in
         save_features(part, root / name)
         shards.append(ShardInfo(name, stop - start, shard_digest(root / name)))
     return write_manifest(Manifest(fs.dim, tuple(shards), dict(fs.meta)), root)
+
+
+def load_for_rank(path: str | os.PathLike[str], rank: int, world_size: int) -> FeatureSet:
+    """A feature set as one of ``world_size`` ranks loads it for a distributed evaluation.
+
+    A sharded set's checksums and values are checked only for the shards of this rank's part of
+    the rows (the split :func:`compat.retrieval.sharding.local_part` makes; every shard is checked
+    by some rank) and its ids only by rank 0; any other set is loaded by
+    :func:`compat.features.load_features`. The caller makes the ranks agree on errors
+    (:meth:`compat.distributed.DistributedContext.agree`).
+    """
+    if not is_manifest(path) or world_size <= 1:
+        return load_features(path)
+    manifest = read_manifest(path)
+    offsets = manifest.offsets
+    by_shard = len(manifest.shards) >= world_size
+    parts = partition_rows(manifest.rows, world_size, offsets if by_shard else None)
+    lo, hi = parts[rank], parts[rank + 1]
+    mine = [i for i in range(len(manifest.shards)) if offsets[i] < hi and offsets[i + 1] > lo]
+    return load_manifest(path, verify=mine, check_ids=rank == 0)

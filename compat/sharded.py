@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ShardedArray"]
+__all__ = ["ShardedArray", "partition_rows"]
 
 
 class ShardedArray:
@@ -132,3 +132,18 @@ class ShardedArray:
         if len(self.parts) == 1:
             out = np.array(out)  # a copy, never the shard's memory map itself
         return out if dtype is None else out.astype(dtype, copy=False)
+
+
+def partition_rows(n: int, world: int, boundaries: np.ndarray | None = None) -> np.ndarray:
+    """(world + 1,) row offsets of each rank's contiguous part, balanced by rows.
+
+    Args:
+        boundaries: allowed cut points (a sharded set's shard offsets, from 0 to n); any row if None.
+    """
+    targets = np.round(np.arange(world + 1) * n / world).astype(np.int64)
+    if boundaries is None:
+        return targets
+    cuts = np.asarray(boundaries, dtype=np.int64)
+    nearest = cuts[np.abs(cuts[None, :] - targets[:, None]).argmin(1)]
+    nearest[0], nearest[-1] = 0, n
+    return np.maximum.accumulate(nearest)

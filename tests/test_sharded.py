@@ -17,7 +17,7 @@ def parts():
 def test_slices_rows_and_columns_like_the_concatenation(parts):
     view, whole = ShardedArray(parts), np.concatenate(parts)
     assert view.shape == whole.shape and len(view) == 18 and view.dtype == np.float32
-    for start in range(0, 19):
+    for start in range(19):
         for stop in range(start, 19):
             np.testing.assert_array_equal(view[start:stop], whole[start:stop])
     np.testing.assert_array_equal(view[3:15:4], whole[3:15:4])

@@ -33,9 +33,9 @@ import numpy as np
 
 from compat.adapters.adapter import normalize_rows
 from compat.adapters.config import Ordering
-from compat.external_sort import ExternalSort, first_repeat
 from compat.adapters.orderings import ClassMeans, ClassSums, order_keys, parse_ordering
 from compat.errors import CompatError
+from compat.external_sort import ExternalSort, first_repeat
 from compat.features import FeatureSet
 from compat.progress import progress as progress_bar
 from compat.stored import Block, StoredFeatures

@@ -37,7 +37,8 @@ __all__ = ["eval_command"]
               help="Positive (and as many negative) pairs for --protocol pairs.")
 @click.option("--folds", type=click.IntRange(min=2), default=DEFAULT_FOLDS, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True,
-              help="Seed of the pair sampler and of the random backfill ordering.")
+              help="Seed of the pair sampler, the query sample and the random backfill ordering.")
+@options.query_sample
 @click.option("--ties-pass", is_flag=True,
               help="Count M(new, old) == M(old, old) as compatible (default: a tie fails).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("compat-report"), show_default=True)
@@ -47,25 +48,31 @@ __all__ = ["eval_command"]
 def eval_command(versions: tuple[tuple[str, Path], ...], queries: tuple[tuple[str, Path], ...],
                  adapters: tuple[tuple[str, str, Path], ...], backfill: tuple[str, ...], backfill_points: int,
                  protocol: str, metrics: tuple[str, ...], similarity: str, dim_policy: str, backend: str, device: str,
-                 memory_budget: str, independent: Path | None, n_pairs: int, folds: int, seed: int, ties_pass: bool,
-                 out: Path, track: bool, experiment: str | None, quiet: bool) -> None:
+                 memory_budget: str, independent: Path | None, n_pairs: int, folds: int, seed: int,
+                 query_sample: int | None, ties_pass: bool, out: Path, track: bool, experiment: str | None,
+                 quiet: bool) -> None:
     """Evaluate a chain of versions: every version's queries against every older gallery.
 
     Writes compat.json, compat.md and compat.png under --out (and backfill.png with --backfill).
+    Under torchrun every rank searches its part of each gallery and rank 0 writes the reports.
     """
-    from compat.features import load_features
+    from compat.manifest import load_for_rank
     from compat.retrieval.evaluator import RetrievalEvaluator
 
-    chain = _load_chain(versions, queries)
+    dist, device = options.rank_context(device)
+    chain = dist.agree(lambda: _load_chain(versions, queries, dist))
+    reference = dist.agree(lambda: None if independent is None else load_for_rank(independent, dist.rank,
+                                                                                   dist.world_size))
     evaluator = RetrievalEvaluator(metrics or None, protocol=protocol, similarity=similarity, backend=backend,
                                    device=device, memory_budget=memory_budget, pairs=n_pairs, folds=folds, seed=seed,
-                                   progress=not quiet)
-    reference = load_features(independent) if independent is not None else None
+                                   progress=not quiet and dist.is_main, query_sample=query_sample, dist=dist)
     settings = {"dim_policy": dim_policy, "strict": not ties_pass, "independent": reference}
     if adapters or backfill:
         report, files = _eval_adapted(chain, evaluator, adapters, backfill, backfill_points, seed, out, settings)
     else:
         report, files = _eval_plain(chain, evaluator, out, settings)
+    if not dist.is_main:
+        return
     click.echo(f"reports written to {out}/")
 
     from compat.tracking import log_evaluation, tracking_enabled
@@ -76,10 +83,13 @@ def eval_command(versions: tuple[tuple[str, Path], ...], queries: tuple[tuple[st
         click.echo(f"MLflow run {log_evaluation(report, inputs=inputs, files=files, experiment=experiment)}")
 
 
-def _load_chain(versions: tuple[tuple[str, Path], ...], queries: tuple[tuple[str, Path], ...]):
+def _load_chain(versions: tuple[tuple[str, Path], ...], queries: tuple[tuple[str, Path], ...], dist):
     """The ``Version`` chain of ``--version`` (and ``--query``) options, oldest first."""
     from compat.compatibility.matrix import Version
-    from compat.features import load_features
+    from compat.manifest import load_for_rank
+
+    def load_features(path: Path):
+        return load_for_rank(path, dist.rank, dist.world_size)
 
     options.unique_names(versions, "--version")
     options.unique_names(queries, "--query")
@@ -97,6 +107,8 @@ def _eval_plain(chain, evaluator, out: Path, settings: dict):
     from compat.compatibility.report import render_markdown, write_reports
 
     report = evaluate_chain(chain, evaluator, **settings)
+    if not evaluator.dist.is_main:
+        return report, []
     files = _write(lambda: write_reports(report, out), out)
     click.echo(render_markdown(report))
     return report, files
@@ -117,6 +129,8 @@ def _eval_adapted(chain, evaluator, adapters, backfill, backfill_points: int, se
         paths[(new, old)] = str(path)
     adapted = evaluate_with_adapters(chain, evaluator, loaded, paths=paths, backfill=backfill,
                                      backfill_points=backfill_points, seed=seed, **settings)
+    if not evaluator.dist.is_main:
+        return adapted.report, []
     files = _write(lambda: write_adapted_reports(adapted, out), out)
     click.echo(render_markdown(adapted.report))
     click.echo(render_adapter_markdown(adapted))

@@ -32,7 +32,8 @@ __all__ = ["gate_command"]
 @options.evaluator_options
 @click.option("--n-resamples", type=click.IntRange(min=1), default=DEFAULT_RESAMPLES, show_default=True,
               help="Bootstrap resamples per check.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap and of the query sample.")
+@options.query_sample
 @click.option("--promote", "promote_name", default=None, metavar="NAME",
               help="On a pass, register the candidate (model file or models:/ URI) as NAME and move @champion to it.")
 @click.option("--adapter", "adapter_path", type=click.Path(path_type=Path), default=None,
@@ -47,12 +48,13 @@ __all__ = ["gate_command"]
 def gate_command(old: str, new: str, chain: tuple[str, ...], independent: str | None, policy_path: Path | None,
                  dataset: str | None, data_root: str | None, split: str, batch_size: int, protocol: str,
                  similarity: str, dim_policy: str, backend: str, device: str, memory_budget: str, n_resamples: int,
-                 seed: int, promote_name: str | None, adapter_path: Path | None, gallery_space: str | None,
+                 seed: int, query_sample: int | None, promote_name: str | None, adapter_path: Path | None, gallery_space: str | None,
                  allow_space_change: bool, out: Path, quiet: bool) -> None:
     """Decide whether the NEW model may replace the OLD one and query its gallery.
 
     Exit code 0: every required check of the policy passed; 1: one failed; 2: bad input.
     Writes gate.json and gate.md under --out, and appends gate.md to $GITHUB_STEP_SUMMARY when set.
+    Under torchrun every rank searches its part of each gallery; rank 0 reports and promotes.
     """
     from compat.gate import SourceKind, load_policy, load_source, run_gate, source_kind
     from compat.retrieval.evaluator import RetrievalEvaluator
@@ -61,13 +63,18 @@ def gate_command(old: str, new: str, chain: tuple[str, ...], independent: str | 
         raise CompatError(f"--promote: the candidate {new} is a feature set; promotion needs a model file (.pt) "
                           "or a models:/ URI as --new")
     policy = load_policy(policy_path)
+    dist, device = options.rank_context(device)
     evaluator = RetrievalEvaluator(policy.metrics, protocol=protocol, similarity=similarity, backend=backend,
-                                   device=device, memory_budget=memory_budget, progress=not quiet)
+                                   device=device, memory_budget=memory_budget, progress=not quiet and dist.is_main,
+                                   query_sample=query_sample, seed=seed, dist=dist)
     extraction = options.extraction_spec(dataset, data_root, split, batch_size, evaluator.device, quiet)
-    old_fs = load_source(old, option="--old", extraction=extraction)
-    new_fs = load_source(new, option="--new", extraction=extraction)
-    chain_fs = [load_source(src, option="--chain", extraction=extraction) for src in chain]
-    ind_fs = load_source(independent, option="--independent", extraction=extraction) if independent else None
+
+    def load(source: str, option: str):
+        return dist.agree(lambda: load_source(source, option=option, extraction=extraction, dist=dist))
+
+    old_fs, new_fs = load(old, "--old"), load(new, "--new")
+    chain_fs = [load(src, "--chain") for src in chain]
+    ind_fs = load(independent, "--independent") if independent else None
     if adapter_path is not None:
         from compat.gate.inputs import adapt_source
 
@@ -80,8 +87,9 @@ def gate_command(old: str, new: str, chain: tuple[str, ...], independent: str | 
         gated = gated_spaces(old_fs, new_fs, chain_fs, gallery_space=gallery_space, adapter=adapter_path)
         check_promotion(promote_name, gated, allow_space_change=allow_space_change)
     verdict = run_gate(old_fs, new_fs, policy, chain=chain_fs, independent=ind_fs, evaluator=evaluator,
-                       dim_policy=dim_policy, n_resamples=n_resamples, seed=seed, progress=not quiet)
-    _report(verdict, new, promote_name, out, gated=gated, allow_space_change=allow_space_change)
+                       dim_policy=dim_policy, n_resamples=n_resamples, seed=seed, progress=not quiet and dist.is_main)
+    if dist.is_main:
+        _report(verdict, new, promote_name, out, gated=gated, allow_space_change=allow_space_change)
     if not verdict.passed:
         sys.exit(EXIT_GATE_FAILED)
 

@@ -8,6 +8,7 @@ that ``compat --help`` answers quickly.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from enum import Enum
@@ -30,7 +31,9 @@ __all__ = [
     "extraction_spec",
     "fail_cleanly",
     "memory_budget",
+    "query_sample",
     "quiet",
+    "rank_context",
     "similarity",
     "tracking",
     "unique_names",
@@ -40,14 +43,16 @@ Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 
 def fail_cleanly(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a :class:`CompatError` into one line on stderr and exit code 2."""
+    """Turn a :class:`CompatError` into one line on stderr and exit code 2 (under torchrun, every rank
+    exits 2 and rank 0 prints the line)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except CompatError as exc:
-            click.echo(f"compat: error: {exc}", err=True)
+            if os.environ.get("RANK", "0") == "0":
+                click.echo(f"compat: error: {exc}", err=True)
             sys.exit(EXIT_BAD_INPUT)
 
     return wrapper
@@ -130,6 +135,22 @@ def memory_budget(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     return click.option("--memory-budget", default=DEFAULT_MEMORY_BUDGET, show_default=True,
                         help="Bound on score buffers, e.g. 512MiB.")(fn)
+
+
+def query_sample(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--query-sample", type=click.IntRange(min=1), default=None, metavar="N",
+                        help="Evaluate a seeded sample of N queries per cell, stratified by label (--seed); the "
+                        "reports say so.")(fn)
+
+
+def rank_context(device: str):
+    """This process's :class:`compat.distributed.DistributedContext` (torchrun) and its device."""
+    from compat.device import resolve_device
+    from compat.distributed import DistributedContext
+
+    resolved = resolve_device(device)
+    dist = DistributedContext.from_env(resolved)
+    return dist, dist.device(resolved)
 
 
 def tracking(fn: Callable[..., Any]) -> Callable[..., Any]:

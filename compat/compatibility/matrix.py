@@ -25,8 +25,10 @@ from compat.retrieval.metrics import RetrievalResult
 
 __all__ = [
     "Cell",
+    "CellCount",
     "CellTransform",
     "CompatibilityReport",
+    "QuerySample",
     "Version",
     "evaluate_chain",
 ]
@@ -67,8 +69,28 @@ def identity_transform(cell: Cell, query: np.ndarray, gallery: np.ndarray) -> tu
 
 @dataclass(frozen=True)
 class CellCount:
+    """Queries a cell evaluated, those without any positive, and (when sampled) how many it drew from."""
+
     n_queries: int
     n_without_positive: int
+    sampled_from: int | None = None
+
+    def to_json(self) -> dict:
+        out = {"n": self.n_queries, "without_positive": self.n_without_positive}
+        if self.sampled_from is not None:
+            out["sampled_from"] = self.sampled_from
+        return out
+
+
+@dataclass(frozen=True)
+class QuerySample:
+    """``--query-sample``: each cell evaluated a seeded sample of ``n`` queries, stratified by label."""
+
+    n: int
+    seed: int
+
+    def to_json(self) -> dict:
+        return {"n": self.n, "seed": self.seed, "stratified_by": "label"}
 
 
 @dataclass(frozen=True)
@@ -82,6 +104,8 @@ class CompatibilityReport:
         matrices: metric -> T x T list, ``[i][j]`` for j <= i, ``None`` above the diagonal.
         summary: metric -> AC / AM / BC / FC / ECC / update gain.
         queries: T x T counts of queries evaluated and queries without any positive.
+        ranks: torch.distributed processes that computed it (1 without torchrun).
+        query_sample: the sample of queries each cell evaluated, or None for all of them.
     """
 
     versions: tuple[str, ...]
@@ -90,6 +114,8 @@ class CompatibilityReport:
     matrices: dict[str, list[list[float | None]]]
     summary: dict[str, MetricSummary]
     queries: list[list[CellCount | None]]
+    ranks: int = 1
+    query_sample: QuerySample | None = None
 
     def to_json(self) -> dict:
         """The ``compat.json`` document (schema in docs/design.md)."""
@@ -100,8 +126,9 @@ class CompatibilityReport:
             "summary": {m: self.summary[m].to_json() for m in self.metrics},
             # per cell: queries evaluated and those without any positive in the gallery, so that a
             # fraction reads as a count of queries (and a shortfall as the number of queries missing)
-            "queries": [[None if c is None else {"n": c.n_queries, "without_positive": c.n_without_positive}
-                         for c in row] for row in self.queries],
+            "queries": [[None if c is None else c.to_json() for c in row] for row in self.queries],
+            "ranks": self.ranks,
+            "query_sample": None if self.query_sample is None else self.query_sample.to_json(),
         }
 
     def cell(self, metric: str, query_version: str, gallery_version: str) -> float | None:
@@ -156,7 +183,7 @@ def evaluate_chain(
                                    transform=partial(transform, cell), where=where)
             for m in metric_names:
                 matrices[m][i][j] = result.values[m]
-            counts[i][j] = CellCount(result.n_queries, result.n_without_positive)
+            counts[i][j] = CellCount(result.n_queries, result.n_without_positive, result.sampled_from)
             logger.info("%s on %s: %s", qv.name, gv.name, result.values)
             if progress is not None:
                 progress(cell, result)
@@ -167,4 +194,6 @@ def evaluate_chain(
         m: summarize(matrices[m], strict=strict, reference_self=None if reference is None else reference.values[m])
         for m in metric_names
     }
-    return CompatibilityReport(names, evaluator.protocol.value, metric_names, matrices, summary, counts)
+    sample = None if evaluator.query_sample is None else QuerySample(evaluator.query_sample, evaluator.seed)
+    return CompatibilityReport(names, evaluator.protocol.value, metric_names, matrices, summary, counts,
+                               evaluator.dist.world_size, sample)

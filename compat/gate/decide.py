@@ -122,6 +122,8 @@ class GateVerdict:
         checks: in the policy's order.
         inputs: label -> description (source, size, meta) of each feature set used.
         protocol, similarity, confidence, n_resamples, seed: how it was measured.
+        ranks: torch.distributed processes that evaluated the cells (1 without torchrun).
+        query_sample: queries per cell when the cells evaluated a seeded sample, else None.
     """
 
     passed: bool
@@ -132,6 +134,8 @@ class GateVerdict:
     confidence: float
     n_resamples: int
     seed: int
+    ranks: int = 1
+    query_sample: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The ``gate.json`` document."""
@@ -144,6 +148,8 @@ class GateVerdict:
             "protocol": self.protocol,
             "similarity": self.similarity,
             "inputs": self.inputs,
+            "ranks": self.ranks,
+            "query_sample": self.query_sample,
         }
 
     @property
@@ -294,6 +300,8 @@ def run_gate(
         confidence=policy.confidence,
         n_resamples=n_resamples,
         seed=seed,
+        ranks=evaluator.dist.world_size,
+        query_sample=evaluator.query_sample,
     )
 
 

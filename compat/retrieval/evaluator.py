@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from enum import Enum
 
 import numpy as np
 
 from compat.choices import parse_choice
 from compat.device import resolve_device
+from compat.distributed import DistributedContext
 from compat.errors import CompatError
 from compat.features import FeatureSet
 from compat.retrieval.knn import (
@@ -20,6 +22,7 @@ from compat.retrieval.knn import (
 )
 from compat.retrieval.metrics import Metric, MetricKind, RetrievalResult, parse_metrics
 from compat.retrieval.protocols import leave_one_out, pair_verification, template_identification
+from compat.retrieval.sampling import sample_queries
 
 __all__ = ["DEFAULT_FOLDS", "DEFAULT_METRICS", "DEFAULT_PAIRS", "Protocol", "RetrievalEvaluator"]
 
@@ -58,6 +61,11 @@ class RetrievalEvaluator:
         seed: seed of the pair sampler and fold split.
         threads: CPU threads for ranking (default: torch's thread count).
         progress: a bar over the query chunks of large cells, on a terminal.
+        query_sample: evaluate a seeded sample of this many queries per cell, stratified by label
+            (:func:`compat.retrieval.sampling.sample_queries`, drawn with ``seed``); ``None``: all.
+        dist: under torchrun, the ranks share each leave-one-out gallery (:mod:`compat.retrieval.sharding`)
+            and every rank returns the same result; template and pair cells are computed whole on
+            every rank.
 
     Example:
         >>> ev = RetrievalEvaluator(metrics=("cmc@1", "map"))
@@ -79,6 +87,8 @@ class RetrievalEvaluator:
         seed: int = 0,
         threads: int | None = None,
         progress: bool = False,
+        query_sample: int | None = None,
+        dist: DistributedContext | None = None,
     ):
         self.protocol: Protocol = parse_choice(Protocol, protocol, "protocol")
         if metrics is None:
@@ -101,6 +111,11 @@ class RetrievalEvaluator:
         self.pairs, self.folds, self.seed = pairs, folds, seed
         self.threads = threads or _default_threads()
         self.progress = progress
+        if query_sample is not None and (query_sample < 1 or self.protocol is Protocol.PAIRS):
+            raise CompatError(f"query_sample: expected a positive number of queries for protocol loo or template, "
+                              f"got {query_sample} with protocol {self.protocol.value!r}")
+        self.query_sample = query_sample
+        self.dist = dist or DistributedContext.single()
 
     @property
     def metric_names(self) -> tuple[str, ...]:
@@ -127,6 +142,11 @@ class RetrievalEvaluator:
         where: str = "cell",
     ) -> RetrievalResult:
         """Evaluate arrays directly: (Nq, D) / (Nq,) / (Nq,) against (Ng, D) / (Ng,) / (Ng,)."""
+        if self.query_sample is not None and self.query_sample < len(query_ids):
+            rows = sample_queries(query_labels, query_ids, self.query_sample, seed=self.seed)
+            sub = self.evaluate_arrays(np.asarray(query[rows]), query_labels[rows], query_ids[rows], gallery,
+                                       gallery_labels, gallery_ids, where=where)
+            return _expanded(sub, rows, len(query_ids))
         if self.similarity is Similarity.COSINE:
             _check_nonzero(query, f"{where} (queries)")
             _check_nonzero(gallery, f"{where} (gallery)")
@@ -134,12 +154,24 @@ class RetrievalEvaluator:
         if self.protocol is Protocol.LOO:
             return leave_one_out(*cell, similarity=self.similarity, backend=self.backend.value, device=self.device,
                                  memory_budget=self.memory_budget, threads=self.threads, where=where,
-                                 progress=self.progress)
+                                 progress=self.progress, dist=self.dist)
         if self.protocol is Protocol.TEMPLATE:
             return template_identification(*cell, similarity=self.similarity, memory_budget=self.memory_budget,
                                            where=where)
         return pair_verification(*cell, similarity=self.similarity, n_pairs=self.pairs, folds=self.folds,
                                  seed=self.seed, where=where)
+
+
+def _expanded(sub: RetrievalResult, rows: np.ndarray, n: int) -> RetrievalResult:
+    """A sampled cell's result with one row per query of the whole set (the others not counted)."""
+    per_query = {}
+    for name, values in sub.per_query.items():
+        full = np.zeros(n)
+        full[rows] = values
+        per_query[name] = full
+    counted = np.zeros(n, dtype=bool)
+    counted[rows] = sub.counted
+    return replace(sub, per_query=per_query, counted=counted, sampled_from=n)
 
 
 def _default_threads() -> int:

@@ -89,6 +89,10 @@ class RetrievalResult:
     per-query value (CMC hit 0/1, AP, AP@R or reciprocal rank), and the (Nq,) boolean mask of the
     queries with a positive, over which ``values`` are the means. They let a caller pair two cells
     query by query (the gate's bootstrap intervals).
+
+    With query sampling, ``n_queries`` is the sample's size and ``sampled_from`` the number of
+    queries it was drawn from; the per-query arrays keep every query's row, and the queries left
+    out of the sample are not ``counted``.
     """
 
     values: dict[str, float]
@@ -96,6 +100,7 @@ class RetrievalResult:
     n_without_positive: int
     per_query: dict[str, np.ndarray] | None = field(default=None, compare=False, repr=False)
     counted: np.ndarray | None = field(default=None, compare=False, repr=False)
+    sampled_from: int | None = None
 
     def __getitem__(self, metric: str) -> float:
         return self.values[metric]

@@ -20,8 +20,6 @@ from compat.retrieval.metrics import (
     Metric,
     MetricKind,
     RetrievalResult,
-    average_precision,
-    average_precision_at_r,
 )
 from compat.retrieval.sharding import full_ranking, ranked_topk
 

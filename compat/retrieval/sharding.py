@@ -24,27 +24,12 @@ from compat.retrieval.exact_ranks import Positives
 from compat.retrieval.full_ranking import rank_chunks
 from compat.retrieval.knn import Similarity, knn, score_f64
 from compat.retrieval.metrics import Metric, MetricKind
-from compat.sharded import ShardedArray
+from compat.sharded import ShardedArray, partition_rows
 
-__all__ = ["full_ranking", "merge_topk", "partition_rows", "ranked_topk"]
+__all__ = ["full_ranking", "local_part", "merge_topk", "ranked_topk"]
 
 # Float64 positive features gathered at a time while scoring positives.
 _GATHER_BYTES = 64 << 20
-
-
-def partition_rows(n: int, world: int, boundaries: np.ndarray | None = None) -> np.ndarray:
-    """(world + 1,) row offsets of each rank's contiguous part, balanced by rows.
-
-    Args:
-        boundaries: allowed cut points (a sharded set's shard offsets, from 0 to n); any row if None.
-    """
-    targets = np.round(np.arange(world + 1) * n / world).astype(np.int64)
-    if boundaries is None:
-        return targets
-    cuts = np.asarray(boundaries, dtype=np.int64)
-    nearest = cuts[np.abs(cuts[None, :] - targets[:, None]).argmin(1)]
-    nearest[0], nearest[-1] = 0, n
-    return np.maximum.accumulate(nearest)
 
 
 def local_part(gallery, dist: DistributedContext) -> tuple[int, object]:

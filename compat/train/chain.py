@@ -32,6 +32,7 @@ import torch
 import yaml
 
 from compat.compatibility.matrix import CompatibilityReport
+from compat.distributed import DistributedContext
 from compat.features import save_features
 from compat.methods import Method, build_method
 from compat.models import EmbeddingModel, build_model
@@ -41,7 +42,6 @@ from compat.tracking import TrainingTracker
 from compat.train.checkpoint import seed_everything
 from compat.train.config import Recipe
 from compat.train.data import RecipeData
-from compat.distributed import DistributedContext
 from compat.train.loop import EpochStats, train_version
 from compat.train.plan import VersionPlan, initial_model, model_spec, plan_versions
 

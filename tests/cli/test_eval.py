@@ -118,7 +118,7 @@ def run_ok(out: Path, *args: str | Path) -> dict:
 
 
 def check_schema(doc: dict, names: list[str], protocol: str, metrics: list[str]) -> None:
-    assert set(doc) == {"versions", "protocol", "metrics", "summary", "queries"}
+    assert set(doc) == {"versions", "protocol", "metrics", "summary", "queries", "ranks", "query_sample"}
     assert doc["versions"] == names
     assert doc["protocol"] == protocol
     assert list(doc["metrics"]) == metrics

@@ -66,7 +66,7 @@ def test_count_above_equals_sorting_float64_scores(similarity, row_scores):
         norm = float(np.linalg.norm(g[a:b].astype(np.float64), axis=1).max())
         eps = error_bound(q, norm, g.shape[1], similarity)
         count_above(s, positives, range(50), eps, a, q, g[a:b], similarity, counts, threads=2)
-    got = [dict() for _ in range(50)]
+    got = [{} for _ in range(50)]
     for j in range(50):
         for e in range(positives.ptr[j], positives.ptr[j + 1]):
             got[j][int(positives.index[e])] = 1 + int(counts[e])
