@@ -85,6 +85,15 @@ class DistributedContext:
 
             dist.barrier()
 
+    def close(self) -> None:
+        """Wait for every rank, then leave the process group (a rank that exits while others still
+        exchange data would break their last collective)."""
+        if self.enabled:
+            import torch.distributed as dist
+
+            dist.barrier()
+            dist.destroy_process_group()
+
     # ------------------------------------------------------------------ collectives over numpy arrays
 
     def _tensor(self, x: np.ndarray):
@@ -155,5 +164,6 @@ class DistributedContext:
             result, message = None, str(exc)
         message = self.first_error(message)
         if message is not None:
+            self.close()
             raise CompatError(message)
         return result

@@ -71,6 +71,7 @@ def eval_command(versions: tuple[tuple[str, Path], ...], queries: tuple[tuple[st
         report, files = _eval_adapted(chain, evaluator, adapters, backfill, backfill_points, seed, out, settings)
     else:
         report, files = _eval_plain(chain, evaluator, out, settings)
+    dist.close()
     if not dist.is_main:
         return
     click.echo(f"reports written to {out}/")

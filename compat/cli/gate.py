@@ -88,6 +88,7 @@ def gate_command(old: str, new: str, chain: tuple[str, ...], independent: str | 
         check_promotion(promote_name, gated, allow_space_change=allow_space_change)
     verdict = run_gate(old_fs, new_fs, policy, chain=chain_fs, independent=ind_fs, evaluator=evaluator,
                        dim_policy=dim_policy, n_resamples=n_resamples, seed=seed, progress=not quiet and dist.is_main)
+    dist.close()
     if dist.is_main:
         _report(verdict, new, promote_name, out, gated=gated, allow_space_change=allow_space_change)
     if not verdict.passed:

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from compat.cli import options
+from compat.errors import CompatError
 
 __all__ = ["extract_command", "train_command"]
 
@@ -50,23 +51,41 @@ def train_command(recipe: Path, overrides: tuple[str, ...], data_root: str | Non
               help="A model.pt written by compat train.")
 @click.option("--data", "dataset", required=True, help="Dataset name: mnist, mnist-mini, cifar10, cifar100, imagefolder.")
 @options.extraction
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Feature file (.npz) or directory.")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Feature file (.npz) or directory; with --shard-rows or under torchrun, a sharded set's directory.")
+@click.option("--shard-rows", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Write a sharded set of N items per shard (default under torchrun: one shard per rank); a re-run "
+              "skips the shards already complete.")
 @options.device
 @click.option("--version-name", default=None, help="Version name stored in the features' meta.")
 @options.quiet
 @options.fail_cleanly
 def extract_command(checkpoint: Path, dataset: str, data_root: str | None, split: str, batch_size: int, out: Path,
-                    device: str, version_name: str | None, quiet: bool) -> None:
-    """Extract the retrieval features of a dataset split with a trained model."""
-    from compat.data import build_dataset, dataset_ids, dataset_labels
-    from compat.device import resolve_device
-    from compat.features import save_features
-    from compat.models import extract_model_file
+                    shard_rows: int | None, device: str, version_name: str | None, quiet: bool) -> None:
+    """Extract the retrieval features of a dataset split with a trained model.
 
-    device = resolve_device(device)
+    Under torchrun (one node or several) the ranks share the shards of the output and rank 0 writes
+    its manifest when every shard is complete.
+    """
+    from compat.data import build_dataset, dataset_ids, dataset_labels
+    from compat.features import save_features
+    from compat.models import extract_model_file, extract_sharded
+
+    dist, device = options.rank_context(device)
     ds = build_dataset(dataset, root=data_root, split=split, train_transform=False)
     meta = {"version": version_name or checkpoint.parent.name, "dataset": dataset, "split": split}
-    fs = extract_model_file(checkpoint, ds, labels=dataset_labels(ds), ids=dataset_ids(ds), device=device,
-                            batch_size=batch_size, meta=meta, progress=not quiet)
-    save_features(fs, out)
-    click.echo(f"{fs.n} x {fs.dim} features written to {out}")
+    if shard_rows is None and not dist.enabled:
+        fs = extract_model_file(checkpoint, ds, labels=dataset_labels(ds), ids=dataset_ids(ds), device=device,
+                                batch_size=batch_size, meta=meta, progress=not quiet)
+        save_features(fs, out)
+        click.echo(f"{fs.n} x {fs.dim} features written to {out}")
+        return
+    if out.suffix == ".npz":
+        raise CompatError(f"--out {out}: a sharded set is a directory, not a .npz file")
+    rows = shard_rows or -(-len(ds) // dist.world_size)
+    manifest = extract_sharded(checkpoint, ds, labels=dataset_labels(ds), ids=dataset_ids(ds), out=out,
+                               shard_rows=rows, dist=dist, device=device, batch_size=batch_size, meta=meta,
+                               progress=not quiet)
+    dist.close()
+    if dist.is_main:
+        click.echo(f"{len(ds)} items written to {out}/ as shards of {rows} ({manifest.name})")
