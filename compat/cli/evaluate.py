@@ -47,7 +47,8 @@ __all__ = ["eval_command"]
 @options.fail_cleanly
 def eval_command(versions: tuple[tuple[str, Path], ...], queries: tuple[tuple[str, Path], ...],
                  adapters: tuple[tuple[str, str, Path], ...], backfill: tuple[str, ...], backfill_points: int,
-                 protocol: str, metrics: tuple[str, ...], similarity: str, dim_policy: str, backend: str, device: str,
+                 protocol: str, metrics: tuple[str, ...], similarity: str, dim_policy: str, backend: str,
+                 search_precision: str, device: str,
                  memory_budget: str, independent: Path | None, n_pairs: int, folds: int, seed: int,
                  query_sample: int | None, ties_pass: bool, out: Path, track: bool, experiment: str | None,
                  quiet: bool) -> None:
@@ -64,6 +65,7 @@ def eval_command(versions: tuple[tuple[str, Path], ...], queries: tuple[tuple[st
     reference = dist.agree(lambda: None if independent is None else load_for_rank(independent, dist.rank,
                                                                                    dist.world_size))
     evaluator = RetrievalEvaluator(metrics or None, protocol=protocol, similarity=similarity, backend=backend,
+                                   search_precision=search_precision,
                                    device=device, memory_budget=memory_budget, pairs=n_pairs, folds=folds, seed=seed,
                                    progress=not quiet and dist.is_main, query_sample=query_sample, dist=dist)
     settings = {"dim_policy": dim_policy, "strict": not ties_pass, "independent": reference}

@@ -47,7 +47,8 @@ __all__ = ["gate_command"]
 @options.fail_cleanly
 def gate_command(old: str, new: str, chain: tuple[str, ...], independent: str | None, policy_path: Path | None,
                  dataset: str | None, data_root: str | None, split: str, batch_size: int, protocol: str,
-                 similarity: str, dim_policy: str, backend: str, device: str, memory_budget: str, n_resamples: int,
+                 similarity: str, dim_policy: str, backend: str,
+                 search_precision: str, device: str, memory_budget: str, n_resamples: int,
                  seed: int, query_sample: int | None, promote_name: str | None, adapter_path: Path | None, gallery_space: str | None,
                  allow_space_change: bool, out: Path, quiet: bool) -> None:
     """Decide whether the NEW model may replace the OLD one and query its gallery.
@@ -65,6 +66,7 @@ def gate_command(old: str, new: str, chain: tuple[str, ...], independent: str | 
     policy = load_policy(policy_path)
     dist, device = options.rank_context(device)
     evaluator = RetrievalEvaluator(policy.metrics, protocol=protocol, similarity=similarity, backend=backend,
+                                   search_precision=search_precision,
                                    device=device, memory_budget=memory_budget, progress=not quiet and dist.is_main,
                                    query_sample=query_sample, seed=seed, dist=dist)
     extraction = options.extraction_spec(dataset, data_root, split, batch_size, evaluator.device, quiet)

@@ -34,6 +34,7 @@ __all__ = [
     "query_sample",
     "quiet",
     "rank_context",
+    "search_precision",
     "similarity",
     "tracking",
     "unique_names",
@@ -167,9 +168,17 @@ def extraction(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--data-root", default=None, help="Directory holding the datasets (torchvision layout).")(fn)
 
 
+def search_precision(fn: Callable[..., Any]) -> Callable[..., Any]:
+    from compat.retrieval.precision import Precision
+
+    return click.option("--search-precision", type=choice(Precision), default=Precision.FP32.value, show_default=True,
+                        help="Inputs of the torch backend's top-k search (tf32, fp16, bf16: tensor cores on CUDA); "
+                        "the neighbours stay exact.")(fn)
+
+
 def evaluator_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """--similarity, --dim-policy, --backend, --device, --memory-budget: how cells are computed."""
-    for option in (memory_budget, device, backend, dim_policy, similarity):
+    """--similarity, --dim-policy, --backend, --search-precision, --device, --memory-budget: how cells are computed."""
+    for option in (memory_budget, device, search_precision, backend, dim_policy, similarity):
         fn = option(fn)
     return fn
 

@@ -21,6 +21,7 @@ from compat.retrieval.knn import (
     resolve_backend,
 )
 from compat.retrieval.metrics import Metric, MetricKind, RetrievalResult, parse_metrics
+from compat.retrieval.precision import Precision, check_precision
 from compat.retrieval.protocols import leave_one_out, pair_verification, template_identification
 from compat.retrieval.sampling import sample_queries
 
@@ -63,6 +64,9 @@ class RetrievalEvaluator:
         progress: a bar over the query chunks of large cells, on a terminal.
         query_sample: evaluate a seeded sample of this many queries per cell, stratified by label
             (:func:`compat.retrieval.sampling.sample_queries`, drawn with ``seed``); ``None``: all.
+        search_precision: inputs of the top-k search's scores with the torch backend: ``fp32``, or
+            ``tf32`` / ``fp16`` / ``bf16`` (tensor cores on CUDA; the neighbours stay exact,
+            :mod:`compat.retrieval.precision`). Full-ranking metrics count ranks on float32 scores.
         dist: under torchrun, the ranks share each leave-one-out gallery (:mod:`compat.retrieval.sharding`)
             and every rank returns the same result; template and pair cells are computed whole on
             every rank.
@@ -88,6 +92,7 @@ class RetrievalEvaluator:
         threads: int | None = None,
         progress: bool = False,
         query_sample: int | None = None,
+        search_precision: Precision | str = Precision.FP32,
         dist: DistributedContext | None = None,
     ):
         self.protocol: Protocol = parse_choice(Protocol, protocol, "protocol")
@@ -115,6 +120,8 @@ class RetrievalEvaluator:
             raise CompatError(f"query_sample: expected a positive number of queries for protocol loo or template, "
                               f"got {query_sample} with protocol {self.protocol.value!r}")
         self.query_sample = query_sample
+        self.search_precision = parse_choice(Precision, search_precision, "search_precision")
+        check_precision(self.search_precision, self.similarity is Similarity.L2, self.backend is Backend.TORCH)
         self.dist = dist or DistributedContext.single()
 
     @property
@@ -154,7 +161,7 @@ class RetrievalEvaluator:
         if self.protocol is Protocol.LOO:
             return leave_one_out(*cell, similarity=self.similarity, backend=self.backend.value, device=self.device,
                                  memory_budget=self.memory_budget, threads=self.threads, where=where,
-                                 progress=self.progress, dist=self.dist)
+                                 progress=self.progress, dist=self.dist, precision=self.search_precision)
         if self.protocol is Protocol.TEMPLATE:
             return template_identification(*cell, similarity=self.similarity, memory_budget=self.memory_budget,
                                            where=where)

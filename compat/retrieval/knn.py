@@ -11,6 +11,7 @@ returns the same neighbours for the same input.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Iterator
@@ -23,9 +24,11 @@ from compat.choices import parse_choice
 from compat.device import resolve_device
 from compat.errors import CompatError
 from compat.progress import progress as progress_bar
+from compat.retrieval.precision import Precision, check_precision, extra_bound, reduced_scores
 
 __all__ = [
     "Backend",
+    "Precision",
     "Similarity",
     "as_f64",
     "error_bound",
@@ -39,8 +42,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_MEMORY_BUDGET = "1GiB"
-# Extra candidates fetched beyond k, so that float32 near-ties at the cut rarely need a re-search.
+# Extra candidates fetched beyond k, so that float32 near-ties at the cut rarely need a re-search
+# (more with reduced-precision inputs, whose error bound is wider).
 _EXTRA_CANDIDATES = 8
+_EXTRA_CANDIDATES_REDUCED = 64
 _UNIT_ROUNDOFF32 = 2.0**-24
 _FAISS_QUERY_ROWS = 8192
 _FAISS_BLAS_MIN = 128_000
@@ -96,9 +101,7 @@ def resolve_backend(backend: Backend | str, device: str) -> Backend:
     """Pick the backend. ``auto``: faiss on CPU, torch on CUDA (faiss-gpu only when asked for).
 
     On CPU the two measured on par inside :func:`knn` (torch 1.01x faiss, 4,096 queries x 50k x 512,
-    2 cores, ``benchmarks/bench_backends.py``); faiss is kept because it tiles its own scores, so
-    its chunks need no score buffer. A raw ``faiss.knn`` was 1.3-2x faster than a plain torch
-    matmul + topk on the same cells."""
+    2 cores, ``benchmarks/bench_backends.py``); faiss tiles its own scores (no score buffer)."""
     backend = parse_choice(Backend, backend, "backend")
     if backend is Backend.AUTO:
         return Backend.FAISS if device == "cpu" and _faiss_available(device) else Backend.TORCH
@@ -174,6 +177,7 @@ class _PreparedGallery:
         if gallery.shape[0] * gallery.shape[1] * 4 <= budget // 4:
             self.cache = list(_gallery_blocks(gallery, rows, similarity))
         self._max_norm: float | None = None
+        self._on_device: dict[str, list] = {}
 
     def record_max_norm(self, value: float) -> None:
         """The largest norm, measured by a caller that read every block anyway (no second pass)."""
@@ -189,6 +193,16 @@ class _PreparedGallery:
     def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
         return iter(self.cache) if self.cache is not None else _gallery_blocks(self.gallery, self.rows, self.similarity)
 
+    def on(self, device: str) -> Iterator[tuple[int, object]]:
+        """The blocks as torch tensors on ``device``; a cached gallery is copied there once."""
+        import torch
+
+        if self.cache is None:
+            return ((start, torch.from_numpy(b).to(device)) for start, b in self)
+        if device not in self._on_device:
+            self._on_device[device] = [(start, torch.from_numpy(b).to(device)) for start, b in self.cache]
+        return iter(self._on_device[device])
+
 
 def knn(
     query: np.ndarray,
@@ -201,6 +215,7 @@ def knn(
     exclude: np.ndarray | None = None,
     memory_budget: int | str = DEFAULT_MEMORY_BUDGET,
     progress: bool = False,
+    precision: Precision | str = Precision.FP32,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k neighbours of each query in the gallery.
 
@@ -214,6 +229,9 @@ def knn(
         exclude: (Nq,) gallery index to leave out for each query (leave-one-out), -1 for none.
         memory_budget: bytes (or ``"1GiB"``) for the score blocks and candidate buffers.
         progress: a bar over the query chunks on a terminal (when there are several).
+        precision: inputs of the torch backend's candidate scores: ``fp32``, or ``tf32`` / ``fp16`` /
+            ``bf16`` (tensor cores on CUDA) with a wider error bound, so the result is the same
+            (:mod:`compat.retrieval.precision`).
 
     Returns:
         ``(D, I)``: (Nq, k) float64 scores (cosine similarity, or squared L2 distance for ``l2``)
@@ -224,6 +242,8 @@ def knn(
     device = resolve_device(device)
     backend = resolve_backend(backend, device)
     budget = parse_memory_budget(memory_budget)
+    precision = parse_choice(Precision, precision, "search_precision")
+    check_precision(precision, similarity is Similarity.L2, backend is Backend.TORCH)
     if query.ndim != 2 or gallery.ndim != 2 or query.shape[1] != gallery.shape[1]:
         raise CompatError(f"knn: query {query.shape} and gallery {gallery.shape} must be 2-D with the same D")
     if k < 1:
@@ -231,7 +251,7 @@ def knn(
     nq, ng = query.shape[0], gallery.shape[0]
     if exclude is None:
         exclude = np.full(nq, -1, dtype=np.int64)
-    kk = min(ng, k + _EXTRA_CANDIDATES)
+    kk = min(ng, k + (_EXTRA_CANDIDATES if precision is Precision.FP32 else _EXTRA_CANDIDATES_REDUCED))
     plan = _plan(nq, ng, gallery.shape[1], kk + 1, budget)
     if backend is Backend.FAISS:
         # faiss tiles the scores itself (a fixed few MiB); our chunk only holds queries and candidates.
@@ -241,7 +261,7 @@ def knn(
         rows = max(-(-_FAISS_BLAS_MIN // gallery.shape[1]) + 1, budget // (8 * (gallery.shape[1] + 4 * kk)))
         plan = _Plan(query_rows=min(nq, _FAISS_QUERY_ROWS, rows), gallery_rows=plan.gallery_rows)
     prepared = _PreparedGallery(gallery, plan.gallery_rows, similarity, budget)
-    search = _torch_candidates if backend is Backend.TORCH else _faiss_candidates
+    search = functools.partial(_torch_candidates, precision=precision) if backend is Backend.TORCH else _faiss_candidates
     scores = np.full((nq, k), np.nan)
     indices = np.full((nq, k), -1, dtype=np.int64)
     chunks = range(0, nq, plan.query_rows)
@@ -249,7 +269,8 @@ def knn(
         q = prepare(query[start : start + plan.query_rows], similarity)
         ex = np.asarray(exclude[start : start + len(q)], dtype=np.int64)
         cand_s, cand_i = search(q, prepared, kk, ex, similarity, device)
-        s, i = _canonical_topk(query[start : start + len(q)], gallery, prepared, cand_s, cand_i, k, ex, similarity)
+        s, i = _canonical_topk(query[start : start + len(q)], gallery, prepared, cand_s, cand_i, k, ex, similarity,
+                               precision)
         scores[start : start + len(q)] = s
         indices[start : start + len(q)] = i
     if similarity is Similarity.L2:
@@ -258,18 +279,21 @@ def knn(
 
 
 def _torch_candidates(
-    q: np.ndarray, prepared: _PreparedGallery, kk: int, exclude: np.ndarray, similarity: Similarity, device: str
+    q: np.ndarray, prepared: _PreparedGallery, kk: int, exclude: np.ndarray, similarity: Similarity, device: str,
+    *, precision: Precision = Precision.FP32,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-kk by float32 torch scores (higher better), merged over gallery blocks."""
+    """Top-kk by torch scores (higher better), merged over gallery blocks; a cached gallery stays on the device."""
     import torch
 
     qt = torch.from_numpy(q).to(device)
     ex = torch.from_numpy(exclude).to(device)
     best_s = torch.full((len(q), 0), -math.inf, device=device)
     best_i = torch.zeros((len(q), 0), dtype=torch.int64, device=device)
-    for start, block in prepared:
-        gt = torch.from_numpy(block).to(device)
-        s = score_block_torch(qt, gt, similarity)
+    for start, gt in prepared.on(device):
+        if precision is Precision.FP32:
+            s = score_block_torch(qt, gt, similarity)
+        else:
+            s = reduced_scores(qt, gt, similarity is Similarity.L2, precision)
         _mask_excluded(s, ex, start)
         take = min(kk, s.shape[1])
         top_s, top_i = torch.topk(s, take, dim=1)
@@ -352,9 +376,10 @@ def _canonical_topk(
     k: int,
     exclude: np.ndarray,
     similarity: Similarity,
+    precision: Precision = Precision.FP32,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Re-score candidates in float64, order by (score desc, index asc), and re-search exactly the
-    queries whose cut is within the backend's float32 error bound of the best non-candidate."""
+    queries whose cut is within the backend's error bound of the best non-candidate."""
     nq, kk = cand_i.shape
     dim = gallery.shape[1]
     valid = np.isfinite(cand_s) & (cand_i >= 0)
@@ -377,6 +402,9 @@ def _canonical_topk(
     n_eligible = gallery.shape[0] - (exclude >= 0)
     complete = valid.sum(1) >= n_eligible  # every eligible item is a candidate: nothing was cut
     bound = error_bound(q_raw, prepared.max_norm, dim, similarity)
+    if precision is not Precision.FP32:
+        qn = np.linalg.norm(q_raw.astype(np.float64), axis=1)
+        bound = bound + extra_bound(qn, prepared.max_norm, dim, similarity is Similarity.L2, precision)
     last_backend = np.where(valid, cand_s, np.inf).min(1)
     kth = np.nan_to_num(top_s[:, k - 1], nan=-np.inf)
     redo = ~complete & ((valid.sum(1) < kk) | ~(kth > last_backend + bound))

@@ -21,6 +21,7 @@ from compat.retrieval.metrics import (
     MetricKind,
     RetrievalResult,
 )
+from compat.retrieval.precision import Precision
 from compat.retrieval.sharding import full_ranking, ranked_topk
 
 __all__ = [
@@ -99,6 +100,7 @@ def leave_one_out(
     where: str = "leave-one-out",
     progress: bool = False,
     dist: DistributedContext | None = None,
+    precision: Precision = Precision.FP32,
 ) -> RetrievalResult:
     """Leave-one-out retrieval: each query's own item (by id) is removed from the gallery.
 
@@ -129,7 +131,7 @@ def leave_one_out(
         full_ranking(query, query_labels, gallery, gallery_labels, members, exclude, metrics, per_query, dist=dist,
                      threads=threads, **search)
         return _result(per_query, has_pos, metrics)
-    idx = ranked_topk(query, gallery, kmax, exclude=exclude, dist=dist, backend=backend, **search)
+    idx = ranked_topk(query, gallery, kmax, exclude=exclude, dist=dist, backend=backend, precision=precision, **search)
     per_query.update(_cmc_hits(first_positive(idx, gallery_labels, query_labels), metrics))
     return _result(per_query, has_pos, metrics)
 

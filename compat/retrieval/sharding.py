@@ -24,6 +24,7 @@ from compat.retrieval.exact_ranks import Positives
 from compat.retrieval.full_ranking import rank_chunks
 from compat.retrieval.knn import Similarity, knn, score_f64
 from compat.retrieval.metrics import Metric, MetricKind
+from compat.retrieval.precision import Precision
 from compat.sharded import ShardedArray, partition_rows
 
 __all__ = ["full_ranking", "local_part", "merge_topk", "ranked_topk"]
@@ -60,14 +61,15 @@ def _gathered_topk(dist: DistributedContext, s: np.ndarray, i: np.ndarray, k: in
 
 
 def ranked_topk(query, gallery, k: int, *, exclude: np.ndarray, dist: DistributedContext, similarity: Similarity,
-                backend: str, device: str, memory_budget: int, progress: bool) -> np.ndarray:
+                backend: str, device: str, memory_budget: int, progress: bool,
+                precision: Precision = Precision.FP32) -> np.ndarray:
     """(Nq, k) global indices of the exact top-k over the whole gallery (CMC without full ranking)."""
     offset, part = local_part(gallery, dist)
     n = part.shape[0]
     local_ex = np.where((exclude >= offset) & (exclude < offset + n), exclude - offset, -1)
     if n:
         s, i = knn(query, part, k, similarity=similarity, backend=backend, device=device, exclude=local_ex,
-                   memory_budget=memory_budget, progress=progress)
+                   memory_budget=memory_budget, progress=progress, precision=precision)
         s = -s if similarity is Similarity.L2 else s
         i = np.where(i >= 0, i + offset, -1)
     else:
