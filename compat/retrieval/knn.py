@@ -45,7 +45,7 @@ DEFAULT_MEMORY_BUDGET = "1GiB"
 # Extra candidates fetched beyond k, so that float32 near-ties at the cut rarely need a re-search
 # (more with reduced-precision inputs, whose error bound is wider).
 _EXTRA_CANDIDATES = 8
-_EXTRA_CANDIDATES_REDUCED = 64
+_EXTRA_CANDIDATES_REDUCED = 24
 _UNIT_ROUNDOFF32 = 2.0**-24
 _FAISS_QUERY_ROWS = 8192
 _FAISS_BLAS_MIN = 128_000
