@@ -10,12 +10,16 @@ shard is that shard's own view, a slice across a shard boundary copies those row
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import mmap
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-__all__ = ["ShardedArray", "partition_rows"]
+__all__ = ["ShardedArray", "partition_rows", "release"]
 
 
 class ShardedArray:
@@ -147,3 +151,26 @@ def partition_rows(n: int, world: int, boundaries: np.ndarray | None = None) -> 
     nearest = cuts[np.abs(cuts[None, :] - targets[:, None]).argmin(1)]
     nearest[0], nearest[-1] = 0, n
     return np.maximum.accumulate(nearest)
+
+
+_MADV_DONTNEED = 4  # Linux
+
+
+def release(x: Any, start: int, stop: int) -> None:
+    """Drop rows ``start:stop`` of a memory-mapped array (a ``ShardedArray``'s shards, an ``np.memmap``)
+    from this process's resident memory; the file's pages stay in the page cache, and reading them
+    again maps them back. Streaming a gallery larger than memory this way keeps the process's memory
+    to the blocks it holds. Does nothing for arrays in memory or off Linux."""
+    if isinstance(x, ShardedArray):
+        for part, a, b in zip(x.parts, x.offsets[:-1], x.offsets[1:], strict=True):
+            if min(stop, b) > max(start, a):
+                release(part, max(start, a) - a, min(stop, b) - a)
+        return
+    if not isinstance(x, np.memmap) or not sys.platform.startswith("linux") or stop <= start:
+        return
+    view = x[start:stop]
+    page = mmap.PAGESIZE
+    first = view.ctypes.data // page * page
+    length = view.ctypes.data + view.nbytes - first
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(length), _MADV_DONTNEED)

@@ -34,6 +34,7 @@ from compat.retrieval.knn import (
     prepare,
     score_block_torch,
 )
+from compat.sharded import release
 
 __all__ = ["RankedChunk", "rank_chunks"]
 
@@ -125,9 +126,11 @@ def rank_chunks(
                 eps = error_bound(q_raw[sub.start : sub.stop], norm, dim, similarity)
                 count_above(s, positives, sub, eps, offset + b_start, q_raw[sub.start : sub.stop], raw, similarity,
                             above, threads=threads)
+            release(gallery, b_start, b_start + len(block))
         if similarity is Similarity.L2 and prepared.cache is None:
             prepared.record_max_norm(max_norm)
         top_s, top_i = _canonical_topk(q_raw, gallery, prepared, *state.candidates(), k, local_ex, similarity)
+        release(gallery, 0, ng)
         yield RankedChunk(start, top_s, np.where(top_i >= 0, top_i + offset, -1), positives, above)
 
 

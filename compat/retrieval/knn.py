@@ -25,6 +25,7 @@ from compat.device import resolve_device
 from compat.errors import CompatError
 from compat.progress import progress as progress_bar
 from compat.retrieval.precision import Precision, check_precision, extra_bound, reduced_scores
+from compat.sharded import release
 
 __all__ = [
     "Backend",
@@ -165,7 +166,9 @@ def score_f64(q: np.ndarray, g: np.ndarray, similarity: Similarity) -> np.ndarra
 
 def _gallery_blocks(gallery: np.ndarray, rows: int, similarity: Similarity) -> Iterator[tuple[int, np.ndarray]]:
     for start in range(0, gallery.shape[0], rows):
-        yield start, prepare(gallery[start : start + rows], similarity)
+        block = prepare(gallery[start : start + rows], similarity)
+        release(gallery, start, start + rows)  # a memory-mapped gallery's pages leave the process
+        yield start, block
 
 
 class _PreparedGallery:
@@ -254,10 +257,8 @@ def knn(
     kk = min(ng, k + (_EXTRA_CANDIDATES if precision is Precision.FP32 else _EXTRA_CANDIDATES_REDUCED))
     plan = _plan(nq, ng, gallery.shape[1], kk + 1, budget)
     if backend is Backend.FAISS:
-        # faiss tiles the scores itself (a fixed few MiB); our chunk only holds queries and candidates.
-        # Few queries per call are far slower: faiss 1.15 takes its BLAS path only when
-        # nq * d >= distance_compute_blas_threshold (128,000), and its other path was 4-5x slower
-        # here on 2 cores (measured at 223 queries against 200k items).
+        # faiss tiles the scores itself; our chunk holds queries and candidates. faiss 1.15 takes its BLAS
+        # path only when nq * d >= 128,000 (its other path was 4-5x slower here, 223 queries x 200k items).
         rows = max(-(-_FAISS_BLAS_MIN // gallery.shape[1]) + 1, budget // (8 * (gallery.shape[1] + 4 * kk)))
         plan = _Plan(query_rows=min(nq, _FAISS_QUERY_ROWS, rows), gallery_rows=plan.gallery_rows)
     prepared = _PreparedGallery(gallery, plan.gallery_rows, similarity, budget)
@@ -273,6 +274,7 @@ def knn(
                                precision)
         scores[start : start + len(q)] = s
         indices[start : start + len(q)] = i
+        release(gallery, 0, ng)  # the candidates' rows, read for re-scoring
     if similarity is Similarity.L2:
         scores = -scores
     return scores, indices
@@ -334,7 +336,8 @@ def _faiss_candidates(
     for start, block in prepared:
         take = min(kk + 1, len(block))
         if gpu is not None:
-            d, i = faiss.knn_gpu(gpu, q, block, take, metric=metric, device=_cuda_index(device))
+            index = int(device.split(":", 1)[1]) if ":" in device else 0
+            d, i = faiss.knn_gpu(gpu, q, block, take, metric=metric, device=index)
         else:
             d, i = faiss.knn(q, block, take, metric=metric)
         s = d.astype(np.float64) if similarity is Similarity.COSINE else -d.astype(np.float64)
@@ -361,10 +364,6 @@ def _faiss_gpu_resources(device: str):
     if device not in _GPU_RESOURCES:
         _GPU_RESOURCES[device] = faiss.StandardGpuResources()
     return _GPU_RESOURCES[device]
-
-
-def _cuda_index(device: str) -> int:
-    return int(device.split(":", 1)[1]) if ":" in device else 0
 
 
 def _canonical_topk(

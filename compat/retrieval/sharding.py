@@ -25,7 +25,7 @@ from compat.retrieval.full_ranking import rank_chunks
 from compat.retrieval.knn import Similarity, knn, score_f64
 from compat.retrieval.metrics import Metric, MetricKind
 from compat.retrieval.precision import Precision
-from compat.sharded import ShardedArray, partition_rows
+from compat.sharded import ShardedArray, partition_rows, release
 
 __all__ = ["full_ranking", "local_part", "merge_topk", "ranked_topk"]
 
@@ -101,6 +101,7 @@ def _local_positives(rows: range, query, query_labels: np.ndarray, exclude: np.n
     for s in range(0, len(index_a), step):
         feats = np.asarray(part[index_a[s : s + step] - offset])
         score[s : s + step] = score_f64(q[owner_a[s : s + step]], feats[:, None, :], similarity)[:, 0]
+    release(part, 0, n)
     return owner_a, index_a, score
 
 
