@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from compat._files import input_file
 from compat.errors import CompatError
 
 __all__ = ["read_yaml_mapping", "validate_model"]
@@ -23,14 +24,17 @@ def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
     """The mapping at the top of a YAML file.
 
     Raises:
-        CompatError: unreadable, not UTF-8, not YAML, or not a mapping (``what`` names the file's role).
+        CompatError: missing, not a regular file, unreadable, not UTF-8, not YAML, or not a mapping
+            (``what`` names the file's role).
     """
-    p = Path(path)
+    p = input_file(path, what)
     try:
         raw = yaml.safe_load(p.read_text(encoding="utf-8"))
     except OSError as exc:
         raise CompatError(f"{p}: cannot read the {what} ({exc.strerror or exc})") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise CompatError(f"{p}: not UTF-8 text (byte {exc.start}: {exc.reason}); a {what} is a UTF-8 YAML file") from None
+    except yaml.YAMLError as exc:
         raise CompatError(f"{p}: not valid YAML ({' '.join(str(exc).split())})") from None
     if not isinstance(raw, dict):
         raise CompatError(f"{p}: a {what} must be a mapping of keys to values")

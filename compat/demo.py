@@ -29,6 +29,7 @@ from typing import Any
 
 from compat.compatibility.matrix import CompatibilityReport
 from compat.errors import CompatError
+from compat.gate.bootstrap import min_resamples
 from compat.gate.decide import CheckResult, GateVerdict
 from compat.gate.policy import Bound, CheckKind
 from compat.markdown import pct
@@ -84,7 +85,7 @@ class DemoSettings:
                               f"{old} and {new}")
         raw["data"]["fractions"] = [old, new]
         for name, value, low in (("epochs", self.epochs, 1), ("batch_size", self.batch_size, 2),
-                                 ("n_resamples", self.n_resamples, 1)):
+                                 ("n_resamples", self.n_resamples, min_resamples(0.95))):  # the default policy's level
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
                 raise CompatError(f"{name}: expected an integer >= {low}, got {value!r}")
         if self.lr is not None and not self.lr > 0:
@@ -160,6 +161,7 @@ def run_demo(
     Raises:
         CompatError: bad settings, device or output directory.
     """
+    from compat._files import check_output_dir
     from compat.device import resolve_device
     from compat.train import train_chain
 
@@ -167,7 +169,7 @@ def run_demo(
     say = echo or (lambda _line: None)
     recipe = settings.recipe(seed)
     device = resolve_device(device)
-    out = Path(out)
+    out = check_output_dir(out)
     started = time.perf_counter()
     old_fraction, new_fraction = recipe.data.fractions
     say(

@@ -1,7 +1,9 @@
 """Feature sets: the embeddings of one model version over one dataset split.
 
 A feature set holds ``features`` (float32, N x D), ``labels`` (int64, N), ``ids`` (N, unique; integers
-or strings) and ``meta`` (a JSON object: model, version, dataset, split, normalized, checkpoint digest).
+or strings), ``meta`` (a JSON object: model, version, dataset, split, normalized, checkpoint digest,
+preprocessing) and, optionally, ``groups`` (int64, N: e.g. the camera of a re-identification image,
+for the query-gallery protocol's ``same-group`` exclusion).
 
 On disk it is either a ``.npz`` file (always read with ``allow_pickle=False``) or a directory of
 ``.npy`` files plus ``meta.json`` that is memory-mapped, for galleries larger than RAM::
@@ -10,6 +12,7 @@ On disk it is either a ``.npz`` file (always read with ``allow_pickle=False``) o
       features.npy   float32 (N, D)
       labels.npy     int64   (N,)
       ids.npy        int64 or unicode (N,)
+      groups.npy     int64 (N,), optional
       meta.json      {"model": ..., "version": ..., ...}
 
 or a sharded set: a ``manifest.json`` over several such directories (:mod:`compat.manifest`), whose
@@ -32,12 +35,15 @@ from typing import Any
 import numpy as np
 
 from compat._atomic import atomic_path, umask
+from compat._files import input_file, is_input_dir
+from compat._npz import read_npz_member
 from compat.errors import CompatError
 from compat.sharded import ShardedArray
 
-__all__ = ["FeatureSet", "check_finite", "load_features", "save_features"]
+__all__ = ["FeatureSet", "check_finite", "load_features", "read_npz_member", "save_features"]
 
 _ARRAYS = ("features", "labels", "ids")
+_OPTIONAL = "groups"
 # Rows checked for NaN/inf per step, so a memory-mapped gallery is never read into RAM whole.
 _SCAN_ROWS = 1 << 16
 
@@ -53,6 +59,7 @@ class FeatureSet:
         ids: (N,) unique item ids (int64 or unicode strings); they match items across versions.
         meta: JSON-serialisable description (model, version, dataset, split, normalized, digest).
         source: where the set came from, used in error messages.
+        groups: optional (N,) int64 group of each item (a camera, a shop); ``None`` when absent.
     """
 
     features: np.ndarray
@@ -60,6 +67,7 @@ class FeatureSet:
     ids: np.ndarray
     meta: dict[str, Any] = field(default_factory=dict)
     source: str = "<memory>"
+    groups: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -73,8 +81,10 @@ class FeatureSet:
         *,
         meta: dict[str, Any] | None = None,
         source: str = "<memory>",
+        groups: Any = None,
     ) -> FeatureSet:
-        """Build from any array-likes: features cast to float32, labels to int64, ids default 0..N-1."""
+        """Build from any array-likes: features cast to float32, labels and groups to int64, ids default
+        0..N-1."""
         feats = np.ascontiguousarray(np.asarray(features, dtype=np.float32))
         labs = np.asarray(labels)
         if labs.dtype.kind in "iu":
@@ -84,7 +94,11 @@ class FeatureSet:
         ids = np.asarray(ids)
         if ids.dtype.kind in "iu":
             ids = ids.astype(np.int64, copy=False)
-        return cls(feats, labs, ids, dict(meta or {}), source)
+        if groups is not None:
+            groups = np.asarray(groups)
+            if groups.dtype.kind in "iu":
+                groups = groups.astype(np.int64, copy=False)
+        return cls(feats, labs, ids, dict(meta or {}), source, groups)
 
     @property
     def n(self) -> int:
@@ -121,6 +135,12 @@ def _validate(fs: FeatureSet) -> None:
         raise CompatError(f"{src}: field 'ids' must have shape ({n},), got {np.shape(ids)}")
     if ids.dtype != np.int64 and ids.dtype.kind != "U":
         raise CompatError(f"{src}: field 'ids' must be int64 or unicode strings, got {ids.dtype}")
+    groups = fs.groups
+    if groups is not None:
+        if not isinstance(groups, np.ndarray) or groups.shape != (n,):
+            raise CompatError(f"{src}: field 'groups' must have shape ({n},), got {np.shape(groups)}")
+        if groups.dtype != np.int64:
+            raise CompatError(f"{src}: field 'groups' must be int64, got {groups.dtype}")
     if not (isinstance(f, ShardedArray) and f.checked):
         _check_values(f, ids, src)
     if not isinstance(fs.meta, dict):
@@ -157,17 +177,18 @@ def load_features(path: str | os.PathLike[str]) -> FeatureSet:
         CompatError: the path is missing or unreadable, holds a pickle, or fails validation.
     """
     p = Path(path)
-    if not p.exists():
-        raise CompatError(f"{p}: no such feature file or directory")
     from compat.manifest import is_manifest, load_manifest
 
-    if is_manifest(p):
-        return load_manifest(p)
-    if p.is_dir():
+    if is_input_dir(p, "feature file or directory"):
+        if is_manifest(p):
+            return load_manifest(p)
         arrays, meta = _load_dir(p)
     else:
-        arrays, meta = _load_npz(p)
-    return FeatureSet(arrays["features"], arrays["labels"], arrays["ids"], meta, str(p))
+        f = input_file(p, "feature file or directory")
+        if is_manifest(f):
+            return load_manifest(f)
+        arrays, meta = _load_npz(f)
+    return FeatureSet(arrays["features"], arrays["labels"], arrays["ids"], meta, str(p), arrays.get(_OPTIONAL))
 
 
 def _load_npz(p: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -184,7 +205,7 @@ def _load_npz(p: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
             missing = [k for k in _ARRAYS if k not in z.files]
             if missing:
                 raise CompatError(f"{p}: missing array '{missing[0]}'; expected {', '.join(_ARRAYS)} (and meta)")
-            arrays = {k: read_npz_member(z, k, p) for k in _ARRAYS}
+            arrays = {k: read_npz_member(z, k, p) for k in (*_ARRAYS, _OPTIONAL) if k in z.files}
             meta_raw = read_npz_member(z, "meta", p) if "meta" in z.files else None
     except CompatError:
         raise
@@ -194,25 +215,13 @@ def _load_npz(p: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     return arrays, meta
 
 
-def read_npz_member(z: Any, key: str, p: Path) -> np.ndarray:
-    """Array ``key`` of the open ``.npz`` archive ``z`` (read from ``p``), refusing pickled objects.
-
-    Shared by every ``.npz`` reader of the package (feature files, adapter files).
-    """
-    try:
-        return z[key]
-    except ValueError as exc:  # numpy refuses object arrays when allow_pickle=False
-        if "pickle" in str(exc).lower():
-            raise CompatError(f"{p}: array '{key}' holds pickled Python objects; refusing to load it") from None
-        raise CompatError(f"{p}: array '{key}' cannot be read ({exc})") from None
-
-
 def _load_dir(p: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     arrays = {}
     for key in _ARRAYS:
         f = p / f"{key}.npy"
-        if not f.is_file():
+        if not os.path.lexists(f):
             raise CompatError(f"{f}: missing; a feature directory needs {', '.join(k + '.npy' for k in _ARRAYS)}")
+        input_file(f, "feature array")
         try:
             arrays[key] = np.load(f, mmap_mode="r", allow_pickle=False)
         except ValueError as exc:
@@ -221,12 +230,20 @@ def _load_dir(p: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
             raise CompatError(f"{f}: not a readable .npy array ({exc})") from None
         except OSError as exc:
             raise CompatError(f"{f}: not a readable .npy array ({exc})") from None
+    groups = p / f"{_OPTIONAL}.npy"
+    if groups.is_file():
+        try:
+            arrays[_OPTIONAL] = np.load(groups, allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise CompatError(f"{groups}: not a readable .npy array without pickled objects ({exc})") from None
     # labels and ids are small: read them fully so that sorting and indexing are cheap.
     arrays["labels"] = np.array(arrays["labels"])
     arrays["ids"] = np.array(arrays["ids"])
     meta_file = p / "meta.json"
+    if not os.path.lexists(meta_file):
+        return arrays, {}
     try:
-        meta = _parse_meta(meta_file.read_text(encoding="utf-8"), meta_file) if meta_file.is_file() else {}
+        meta = _parse_meta(input_file(meta_file, "feature meta file").read_text(encoding="utf-8"), meta_file)
     except (OSError, UnicodeDecodeError) as exc:
         raise CompatError(f"{meta_file}: not a readable UTF-8 JSON file ({exc})") from None
     return arrays, meta
@@ -254,13 +271,16 @@ def save_features(fs: FeatureSet, path: str | os.PathLike[str]) -> Path:
     p.parent.mkdir(parents=True, exist_ok=True)
     meta_json = json.dumps(fs.meta, sort_keys=True)
     if p.suffix == ".npz":
+        optional = {} if fs.groups is None else {_OPTIONAL: fs.groups}
         with atomic_path(p) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, features=fs.features, labels=fs.labels, ids=fs.ids, meta=np.array(meta_json))
+            np.savez(fh, features=fs.features, labels=fs.labels, ids=fs.ids, meta=np.array(meta_json), **optional)
         return p
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent))
     try:
         for key in _ARRAYS:
             np.save(tmp_dir / f"{key}.npy", getattr(fs, key), allow_pickle=False)
+        if fs.groups is not None:
+            np.save(tmp_dir / f"{_OPTIONAL}.npy", fs.groups, allow_pickle=False)
         (tmp_dir / "meta.json").write_text(meta_json, encoding="utf-8")
         os.chmod(tmp_dir, 0o777 & ~umask())
         _replace_dir(tmp_dir, p)

@@ -106,7 +106,10 @@ class Manifest:
 def is_manifest(path: str | os.PathLike[str]) -> bool:
     """A ``manifest.json`` file (any ``.json`` file), or a directory holding one."""
     p = Path(path)
-    return (p.is_file() and p.suffix == ".json") or (p.is_dir() and (p / MANIFEST_NAME).is_file())
+    try:
+        return (p.is_file() and p.suffix == ".json") or (p.is_dir() and (p / MANIFEST_NAME).is_file())
+    except OSError:  # cannot be looked at: the reader of the path names why
+        return False
 
 
 def _manifest_file(path: str | os.PathLike[str]) -> Path:

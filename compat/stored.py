@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from compat._files import is_input_dir
 from compat.errors import CompatError
 from compat.features import FeatureSet, check_finite, load_features
 
@@ -145,13 +146,12 @@ def open_stored(path: str | os.PathLike[str]) -> StoredFeatures:
         CompatError: a missing or unreadable file, a wrong dtype or shape, unreadable metadata.
     """
     p = Path(path)
-    if not p.exists():
-        raise CompatError(f"{p}: no such feature file or directory")
     from compat.manifest import is_manifest, open_stored_shards
 
+    directory = is_input_dir(p, "feature file or directory")  # (a FIFO or an unreadable path is refused there)
     if is_manifest(p):
         return open_stored_shards(p)
-    if not p.is_dir():
+    if not directory:
         return StoredFeatures.in_memory(load_features(p))
     arrays = {key: _header(p / f"{key}.npy") for key in ("features", "labels", "ids")}
     f, labels, ids = arrays["features"], arrays["labels"], arrays["ids"]

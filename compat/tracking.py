@@ -13,14 +13,17 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from compat.errors import CompatError
 
 if TYPE_CHECKING:
     from compat.compatibility.matrix import CompatibilityReport
 
-__all__ = ["DEFAULT_TRACKING_URI", "TrainingTracker", "log_evaluation", "metric_key", "tracking_enabled"]
+__all__ = ["DEFAULT_TRACKING_URI", "TrainingTracker", "log_evaluation", "metric_key", "ready_store", "tracking_enabled"]
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 # MLflow's limit on the length of a param value (mlflow.utils.validation.MAX_PARAM_VAL_LENGTH).
@@ -51,22 +54,75 @@ def _params(report: CompatibilityReport, inputs: Mapping[str, Mapping[str, objec
     out = {"protocol": report.protocol, "versions": ",".join(report.versions)}
     for version, meta in inputs.items():
         _flatten(version, meta, out)
+    if report.index is not None:
+        _flatten("index", {"factory": report.index.factory, **report.index.params, **report.index.files}, out)
     return out
 
 
 def _metrics(report: CompatibilityReport) -> dict[str, float]:
+    out = _matrix_metrics("", report.versions, report.metrics, report.matrices, report.summary)
+    if report.index is not None:
+        index = report.index
+        out |= _matrix_metrics("index.", report.versions, index.metrics, index.matrices, index.summary)
+        out |= _matrix_metrics("index.", report.versions, ("recall",), {"recall": index.recall}, {})
+    return out
+
+
+def _matrix_metrics(prefix: str, versions, metrics, matrices, summary) -> dict[str, float]:
+    """``<prefix><metric>.<query>_on_<gallery>`` per cell and ``<prefix><metric>.<ac|am|...>``."""
     out: dict[str, float] = {}
-    for m in report.metrics:
-        for i, qv in enumerate(report.versions):
-            for j, gv in enumerate(report.versions[: i + 1]):
-                value = report.matrices[m][i][j]
+    for m in metrics:
+        for i, qv in enumerate(versions):
+            for j, gv in enumerate(versions[: i + 1]):
+                value = matrices[m][i][j]
                 if value is not None:
-                    out[metric_key(f"{m}.{qv}_on_{gv}")] = float(value)
-        s = report.summary[m]
+                    out[metric_key(f"{prefix}{m}.{qv}_on_{gv}")] = float(value)
+        s = summary.get(m)
+        if s is None:
+            continue
         for field, value in (("ac", s.ac), ("am", s.am), ("bc", s.bc), ("fc", s.fc), ("update_gain", s.update_gain)):
             if value is not None:
-                out[metric_key(f"{m}.{field}")] = float(value)
+                out[metric_key(f"{prefix}{m}.{field}")] = float(value)
     return out
+
+
+@contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Hold ``<database>.lock`` (next to a sqlite store's file) while the store is first used.
+
+    MLflow creates and migrates a sqlite store's tables on first use; two processes doing it at once
+    (two ``compat eval`` runs in one directory) make one of them fail in the middle of a migration.
+    """
+    path = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else None
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock (MLflow's own behaviour)
+        path = None
+    if path is None or path in ("", ":memory:") or not Path(path).parent.is_dir():
+        yield  # (a missing directory: MLflow says so itself)
+        return
+    lock = Path(path).with_name(Path(path).name + ".lock")
+    with open(lock, "a", encoding="utf-8") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def ready_store(uri: str):
+    """An ``MlflowClient`` on ``uri`` whose store exists and is migrated, created one process at a time."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    with _store_lock(uri):
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        try:
+            client.search_experiments(max_results=1)  # creates and migrates a new store under the lock
+        except MlflowException as exc:
+            first = (str(exc.message).strip().splitlines() or [""])[0]
+            raise CompatError(f"MLflow store {uri}: {first}") from None
+    return client
 
 
 def experiment_id_for(client, name: str | None) -> str:
@@ -88,9 +144,11 @@ def log_evaluation(
     """Log one chain evaluation as an MLflow run and return its run id.
 
     Params: ``protocol``, ``versions`` and, per version, ``"<version>.<key>"`` from ``inputs``
-    (nested dicts flattened with dots; values stringified and truncated to MLflow's limit).
+    (nested dicts flattened with dots; values stringified and truncated to MLflow's limit); with an
+    index ``index.factory``, its parameters and stored files.
     Metrics: every cell as ``"<metric>.<query>_on_<gallery>"`` and the summaries as
-    ``"<metric>.ac"``, ``.am``, ``.bc``, ``.fc``, ``.update_gain`` (``None`` skipped), all names
+    ``"<metric>.ac"``, ``.am``, ``.bc``, ``.fc``, ``.update_gain`` (``None`` skipped); with an index the
+    same under ``"index."`` and the recall as ``"index.recall.<query>_on_<gallery>"``; all names
     passed through :func:`metric_key`. Artifacts: ``files``.
 
     When a run is active the evaluation is logged as a run nested under it (in its experiment,
@@ -105,7 +163,7 @@ def log_evaluation(
 
     parent = mlflow.active_run()
     uri = mlflow.get_tracking_uri() if parent is not None or mlflow.is_tracking_uri_set() else DEFAULT_TRACKING_URI
-    client = mlflow.MlflowClient(tracking_uri=uri)
+    client = ready_store(uri)
     if parent is not None:
         experiment_id, tags = parent.info.experiment_id, {MLFLOW_PARENT_RUN_ID: parent.info.run_id}
     else:
@@ -146,6 +204,7 @@ class TrainingTracker:
 
         if not mlflow.is_tracking_uri_set():
             mlflow.set_tracking_uri(DEFAULT_TRACKING_URI)
+        ready_store(mlflow.get_tracking_uri())
         if self.experiment:
             mlflow.set_experiment(self.experiment)
         self._mlflow = mlflow

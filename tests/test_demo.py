@@ -93,7 +93,7 @@ def test_verdicts_have_the_gate_structure_and_set_the_exit_code(cli_run):
     for doc in verdicts.values():
         assert isinstance(doc["passed"], bool) and doc["seed"] == 3 and doc["n_resamples"] == TINY.n_resamples
         assert [c["name"] for c in doc["checks"]] == [
-            "compatibility", "improvement", "no-drop-on-older-galleries", "update-gain"]
+            "compatibility", "improvement", "no-drop-on-older-galleries", "update-gain", "negative-flips"]
         for check in doc["checks"]:
             assert CHECK_KEYS <= set(check)
         assert doc["passed"] == all(c["passed"] for c in doc["checks"] if c["required"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import zipfile
 from pathlib import Path
 
@@ -485,3 +486,22 @@ def test_failed_directory_write_keeps_the_existing_target(tmp_path, monkeypatch)
     assert {name: (path / name).read_bytes() for name in os.listdir(path)} == before
     monkeypatch.undo()
     assert load_features(path).meta == {"version": "v1"}
+
+
+@pytest.mark.parametrize("fmt", ["npz", "dir"])
+def test_groups_round_trip_and_stay_optional(fmt, tmp_path):
+    rng = np.random.default_rng(0)
+    fs = FeatureSet.from_arrays(rng.standard_normal((6, 3)), [0, 0, 1, 1, 2, 2], groups=np.array([1, 2, 1, 2, 1, 2],
+                                                                                                    dtype=np.int32))
+    assert fs.groups.dtype == np.int64
+    path = save_features(fs, tmp_path / ("g.npz" if fmt == "npz" else "g"))
+    assert load_features(path).groups.tolist() == [1, 2, 1, 2, 1, 2]
+    plain = save_features(FeatureSet.from_arrays(fs.features, fs.labels), path)  # overwritten without groups
+    assert load_features(plain).groups is None
+
+
+@pytest.mark.parametrize(("groups", "words"), [(np.zeros(5, np.int64), "shape (6,)"),
+                                               (np.zeros(6, np.float64), "must be int64")])
+def test_bad_groups_name_the_field(groups, words):
+    with pytest.raises(CompatError, match=rf"field 'groups'.*{re.escape(words)}"):
+        FeatureSet(np.zeros((6, 2), np.float32), np.zeros(6, np.int64), np.arange(6), groups=groups, source="x")

@@ -122,3 +122,61 @@ def test_default_store_is_sqlite_in_current_directory(files: list[Path], tmp_pat
     assert (tmp_path / "mlflow.db").is_file()
     run = MlflowClient(tracking_uri="sqlite:///mlflow.db").get_run(run_id)
     assert run.data.metrics["map.v3_on_v3"] == pytest.approx(0.40)
+
+
+def test_two_processes_creating_one_new_store_both_log(tmp_path: Path) -> None:
+    """Two ``compat eval --track`` runs in one directory create the same fresh sqlite store at once;
+    MLflow's schema migration is not safe from two processes, so the first use is serialised."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.paths import REPO
+
+    go = tmp_path / "go"
+    script = (
+        "import os, time\n"
+        "from compat.compatibility.matrix import CompatibilityReport\n"
+        "from compat.compatibility.summary import summarize\n"
+        "from compat.tracking import log_evaluation\n"
+        "import mlflow, sqlalchemy\n"
+        "report = CompatibilityReport(('v1',), 'loo', ('cmc@1',), {'cmc@1': [[0.5]]}, {'cmc@1': summarize([[0.5]])},"
+        " [[None]])\n"
+        "print('ready', flush=True)\n"
+        f"while not os.path.exists({str(go)!r}):\n"
+        "    time.sleep(0.001)\n"
+        "print(log_evaluation(report, inputs={}, files=[]))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    procs = [subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    assert [p.stdout.readline().strip() for p in procs] == ["ready", "ready"]
+    go.touch()  # both create the store now
+    done = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-500:] for _, err in done]
+
+
+def test_an_index_evaluation_logs_its_cells_summaries_and_recall(tmp_mlflow: str, files: list[Path]) -> None:
+    import numpy as np
+    from mlflow import MlflowClient
+
+    from compat.compatibility import Version, evaluate_chain
+    from compat.compatibility.indexed import IndexSetup
+    from compat.features import FeatureSet
+    from compat.retrieval import RetrievalEvaluator
+    from compat.retrieval.index import IndexSpec
+
+    pytest.importorskip("faiss")
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 25)
+    chain = [Version(f"v{t}", FeatureSet.from_arrays(rng.normal(size=(100, 8)) + labels[:, None], labels))
+             for t in (1, 2)]
+    report = evaluate_chain(chain, RetrievalEvaluator(("cmc@1", "map@10"), device="cpu"),
+                            index=IndexSetup(IndexSpec(factory="IVF2,Flat", nprobe=1)))
+    run = MlflowClient().get_run(log_evaluation(report, inputs={}, files=files))
+    metrics, params = run.data.metrics, run.data.params
+    assert metrics["index.cmc_at_1.v2_on_v1"] == pytest.approx(report.index.matrices["cmc@1"][1][0])
+    assert metrics["index.map_at_10.am"] == pytest.approx(report.index.summary["map@10"].am)
+    assert metrics["index.recall.v1_on_v1"] == pytest.approx(report.index.recall[0][0])
+    assert metrics["cmc_at_1.v2_on_v1"] == pytest.approx(report.matrices["cmc@1"][1][0])
+    assert params["index.factory"] == "IVF2,Flat" and params["index.nprobe"] == "1"

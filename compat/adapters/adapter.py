@@ -17,6 +17,7 @@ from torch import nn
 
 from compat.adapters.modules import BackwardKind, ForwardKind
 from compat.errors import CompatError
+from compat.retrieval.normalize import unit_rows
 
 __all__ = ["Adapter", "AdapterInfo", "normalize_rows"]
 
@@ -25,10 +26,9 @@ _CHUNK = 1 << 16
 
 
 def normalize_rows(x: np.ndarray, dim: int | None = None) -> np.ndarray:
-    """The first ``dim`` columns of ``x`` (all when None), each row scaled to unit L2 norm (zero rows stay 0)."""
-    x = np.asarray(x[:, :dim] if dim is not None else x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
+    """The first ``dim`` columns of ``x`` (all when None), each row scaled to unit L2 norm (zero rows stay 0),
+    exactly as the evaluator normalises for cosine (however large or small the values)."""
+    return unit_rows(np.asarray(x[:, :dim] if dim is not None else x, dtype=np.float32))
 
 
 @dataclass(frozen=True)

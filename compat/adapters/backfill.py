@@ -60,8 +60,10 @@ def mix_gallery(before: np.ndarray, after: np.ndarray, backfilled: np.ndarray) -
     return out
 
 
-def trapezoid_area(betas: Sequence[float], values: Sequence[float]) -> float:
-    """``integral M(beta) dbeta`` by the trapezoid rule."""
+def trapezoid_area(betas: Sequence[float], values: Sequence[float | None]) -> float | None:
+    """``integral M(beta) dbeta`` by the trapezoid rule; ``None`` when a point is undefined."""
+    if any(v is None for v in values):
+        return None
     b, v = np.asarray(betas, dtype=np.float64), np.asarray(values, dtype=np.float64)
     return float(np.sum((b[1:] - b[:-1]) * (v[1:] + v[:-1]) / 2.0))
 
@@ -117,6 +119,8 @@ def backfill_sweep(
     betas: Sequence[float],
     desc: str = "backfill",
     known: Callable[[float], dict[str, float] | None] = lambda beta: None,
+    query_groups: np.ndarray | None = None,
+    gallery_groups: np.ndarray | None = None,
 ) -> list[RetrievalResult | dict[str, float]]:
     """The queries against the gallery with ``backfilled(beta)`` re-extracted, at every ``beta``.
 
@@ -129,6 +133,7 @@ def backfill_sweep(
         betas: fractions in [0, 1].
         desc: names the sweep in messages and the progress bar.
         known: the metrics at a fraction when already measured (else None: evaluated).
+        query_groups, gallery_groups: (Nq,), (N,) groups, for the query-gallery protocol's exclusion.
 
     Returns:
         Per beta, the cell (a :class:`RetrievalResult` with per-query values) or the known metrics.
@@ -141,7 +146,8 @@ def backfill_sweep(
         if values is None:
             gallery = mix_gallery(before, after, backfilled(float(beta)))
             values = evaluator.evaluate_arrays(queries, query_labels, query_ids, gallery, gallery_labels, gallery_ids,
-                                               where=f"{desc} beta={beta:.2f}")
+                                               where=f"{desc} beta={beta:.2f}", query_groups=query_groups,
+                                               gallery_groups=gallery_groups)
         out.append(values)
     return out
 
@@ -160,6 +166,8 @@ def backfill_curve(
     ordering: str,
     betas: Sequence[float],
     ends: tuple[dict[str, float], dict[str, float]] | None = None,
+    query_groups: np.ndarray | None = None,
+    gallery_groups: np.ndarray | None = None,
 ) -> BackfillCurve:
     """Evaluate the queries against the gallery backfilled in ``order`` at every ``beta``.
 
@@ -175,6 +183,7 @@ def backfill_curve(
         betas: fractions in [0, 1].
         ends: the metrics of the whole ``before`` and whole ``after`` galleries, when already
             known (they do not depend on the ordering): used at beta = 0 and beta = 1.
+        query_groups, gallery_groups: (Nq,), (N,) groups, for the query-gallery protocol's exclusion.
     """
     n = len(before)
 
@@ -185,7 +194,8 @@ def backfill_curve(
     cells = backfill_sweep(evaluator, queries=queries, query_labels=query_labels, query_ids=query_ids, before=before,
                            after=after, gallery_labels=gallery_labels, gallery_ids=gallery_ids,
                            backfilled=lambda beta: order[: round(beta * n)], betas=betas,
-                           desc=f"backfill {ordering}", known=known)
+                           desc=f"backfill {ordering}", known=known, query_groups=query_groups,
+                           gallery_groups=gallery_groups)
     values = {m: [dict(c.values if isinstance(c, RetrievalResult) else c)[m] for c in cells]
               for m in evaluator.metric_names}
     area = {m: trapezoid_area(betas, v) for m, v in values.items()}

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 import numpy as np
@@ -45,6 +45,7 @@ from compat.adapters.backfill import (
 from compat.adapters.config import DEFAULT_BACKFILL_POINTS
 from compat.choices import parse_choice
 from compat.compatibility.cell import DimPolicy, apply_dim_policy, evaluate_cell
+from compat.compatibility.items import align_chain
 from compat.compatibility.matrix import Cell, CompatibilityReport, Version, evaluate_chain
 from compat.errors import CompatError
 from compat.features import FeatureSet
@@ -103,15 +104,17 @@ class AdapterCells:
     def metrics(self) -> list[str]:
         return list(self.cells[AdapterCell.OLD_OLD])
 
-    def passes(self, cell: AdapterCell, metric: str) -> bool:
-        """The compatibility criterion of ``cell`` against ``old/old``."""
+    def passes(self, cell: AdapterCell, metric: str) -> bool | None:
+        """The compatibility criterion of ``cell`` against ``old/old`` (``None`` when a cell is undefined)."""
         a, b = self.cells[cell][metric], self.cells[AdapterCell.OLD_OLD][metric]
+        if a is None or b is None:
+            return None
         return bool(a > b) if self.strict else bool(a >= b)
 
     def retention(self, metric: str) -> float | None:
         """``B(new)/B(new)`` over ``new/new``: what the adapted space keeps of the new model."""
-        base = self.cells[AdapterCell.NEW_NEW][metric]
-        return None if base == 0 else self.cells[AdapterCell.B_B][metric] / base
+        base, adapted = self.cells[AdapterCell.NEW_NEW][metric], self.cells[AdapterCell.B_B][metric]
+        return None if not base or adapted is None else adapted / base
 
     def to_json(self) -> dict:
         metrics = self.metrics
@@ -211,9 +214,11 @@ def evaluate_with_adapters(
     dim_policy: DimPolicy | str = DimPolicy.ERROR,
     strict: bool = True,
     independent: FeatureSet | None = None,
+    independent_query: FeatureSet | None = None,
     backfill: Sequence[Ordering | str] = (),
     backfill_points: int = DEFAULT_BACKFILL_POINTS,
     seed: int = 0,
+    allow_partial: bool = False,
 ) -> AdaptedChainReport:
     """Evaluate a chain whose upgrades may go through adapters.
 
@@ -225,12 +230,16 @@ def evaluate_with_adapters(
         paths: ``(new, old) -> file`` the adapters came from (recorded in the report).
         dim_policy: for cells whose sizes differ without an adapter (and for the raw cells).
         strict: ties fail the compatibility criterion.
-        independent: the update gain's reference (see :func:`evaluate_chain`).
+        independent, independent_query: the update gain's reference (see :func:`evaluate_chain`).
         backfill: orderings whose backfill curves to draw, for every adapted pair (or, without
             adapters, for the newest upgrade on raw features).
         backfill_points: size of the beta grid (0 to 1).
         seed: of the ``random`` ordering.
+        allow_partial: versions holding different items are evaluated over the shared ids (see
+            :func:`evaluate_chain`), the adapter cells and curves too.
     """
+    versions, independent, coverage = align_chain(versions, independent, protocol=evaluator.protocol,
+                                                  allow_partial=allow_partial)
     adapters = dict(adapters or {})
     by_cell = _check_pairs(versions, adapters)
     policy = parse_choice(DimPolicy, dim_policy, "dim_policy")
@@ -241,8 +250,8 @@ def evaluate_with_adapters(
             return query, gallery
         return adapter.to_old(query), adapter.old_space(gallery)
 
-    report = evaluate_chain(versions, evaluator, dim_policy=policy, transform=transform, strict=strict,
-                            independent=independent)
+    report = replace(evaluate_chain(versions, evaluator, dim_policy=policy, transform=transform, strict=strict,
+                                    independent=independent, independent_query=independent_query), coverage=coverage)
     raw_policy = DimPolicy.TRUNCATE if policy is DimPolicy.ERROR else policy
     cells_out = []
     curves_out = []
@@ -293,7 +302,8 @@ def _curves(evaluator: RetrievalEvaluator, queries: np.ndarray, qfs: FeatureSet,
         name = ordering.value
         out.append(backfill_curve(evaluator, queries=queries, query_labels=qfs.labels, query_ids=qfs.ids,
                                   before=before, after=after, gallery_labels=gfs.labels, gallery_ids=gfs.ids,
-                                  order=order, ordering=name, betas=betas, ends=ends))
+                                  order=order, ordering=name, betas=betas, ends=ends, query_groups=qfs.groups,
+                                  gallery_groups=gfs.groups))
         # the whole-before and whole-after galleries do not depend on the ordering: measured once
         ends = ({m: v[0] for m, v in out[-1].values.items()}, {m: v[-1] for m, v in out[-1].values.items()})
         logger.info("backfill %s: area %s", name, out[-1].area)

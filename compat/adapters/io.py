@@ -26,11 +26,12 @@ import numpy as np
 import torch
 
 from compat._atomic import atomic_path
+from compat._files import input_file
+from compat._npz import read_npz_member
 from compat.adapters.adapter import Adapter, AdapterInfo
 from compat.adapters.modules import BackwardKind, ForwardKind, LinearMap, build_forward
 from compat.choices import parse_choice
 from compat.errors import CompatError
-from compat.features import read_npz_member
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "load_adapter", "save_adapter"]
 
@@ -74,9 +75,7 @@ def load_adapter(path: str | os.PathLike[str]) -> Adapter:
         CompatError: missing or unreadable file, a pickle, unknown metadata, wrong shapes or
             non-finite weights.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise CompatError(f"{p}: no such adapter file")
+    p = input_file(path, "adapter file")
     arrays, meta = _read(p)
     info = _info(meta, p)
     unexpected = sorted(k for k in arrays if k not in ("backward.weight", "backward.bias")
@@ -91,19 +90,21 @@ def load_adapter(path: str | os.PathLike[str]) -> Adapter:
     elif "backward.bias" in arrays:
         raise CompatError(f"{p}: array 'backward.bias' is not expected for a {info.kind.value} adapter")
     backward = LinearMap(weight, bias)
-    forward = build_forward(info.forward, info.old_dim, d, hidden=info.hidden or 1)
+    with torch.device("meta"):  # the shapes F would have, without allocating them: the meta may claim any size
+        shapes = build_forward(info.forward, info.old_dim, d, hidden=info.hidden or 1)
     stored = {k.removeprefix("forward."): v for k, v in arrays.items() if k.startswith("forward.")}
-    if forward is None:
+    if shapes is None:
         if stored:
             raise CompatError(f"{p}: forward arrays are present but the forward kind is 'none'")
-    else:
-        expected = forward.state_dict()
-        if set(stored) != set(expected):
-            raise CompatError(f"{p}: forward arrays {sorted(stored)} do not match a {info.forward.value} "
-                              f"adapter ({sorted(expected)})")
-        state = {k: torch.from_numpy(_array(arrays, f"forward.{k}", tuple(v.shape), p)) for k, v in expected.items()}
-        forward.load_state_dict(state)
-        forward.requires_grad_(False)
+        return Adapter(info, backward, None)
+    expected = {k: tuple(v.shape) for k, v in shapes.state_dict().items()}
+    if set(stored) != set(expected):
+        raise CompatError(f"{p}: forward arrays {sorted(stored)} do not match a {info.forward.value} "
+                          f"adapter ({sorted(expected)})")
+    state = {k: torch.from_numpy(_array(arrays, f"forward.{k}", shape, p)) for k, shape in expected.items()}
+    forward = build_forward(info.forward, info.old_dim, d, hidden=info.hidden or 1)  # as large as the file's arrays
+    forward.load_state_dict(state)
+    forward.requires_grad_(False)
     return Adapter(info, backward, forward)
 
 
@@ -147,7 +148,7 @@ def _info(meta: dict[str, Any], p: Path) -> AdapterInfo:
     kind = parse_choice(BackwardKind, meta.get("kind"), f"{p}: meta 'kind'")
     forward = parse_choice(ForwardKind, meta.get("forward"), f"{p}: meta 'forward'")
     dims = {k: meta.get(k) for k in ("new_dim", "old_dim", "dim")}
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in dims.values()):
+    if not all(_positive_int(v) for v in dims.values()):
         raise CompatError(f"{p}: meta new_dim, old_dim and dim must be positive integers, got {dims}")
     if dims["dim"] != min(dims["new_dim"], dims["old_dim"]):
         raise CompatError(f"{p}: meta 'dim' must be min(new_dim, old_dim), got {dims}")
@@ -157,8 +158,10 @@ def _info(meta: dict[str, Any], p: Path) -> AdapterInfo:
     if lam is not None and (not isinstance(lam, int | float) or isinstance(lam, bool) or lam < 0):
         raise CompatError(f"{p}: meta 'lam' must be a number >= 0, 'inf' or null, got {lam!r}")
     hidden = meta.get("hidden")
-    if forward is ForwardKind.MLP and not (isinstance(hidden, int) and hidden >= 1):
-        raise CompatError(f"{p}: meta 'hidden' must be a positive integer for an mlp forward adapter")
+    needed = forward is ForwardKind.MLP
+    if (hidden is None and needed) or (hidden is not None and not _positive_int(hidden)):
+        raise CompatError(f"{p}: meta 'hidden' must be a positive integer (required for an mlp forward adapter), "
+                          f"got {hidden!r}")
     training = meta.get("training") or {}
     if not isinstance(training, dict):
         raise CompatError(f"{p}: meta 'training' must be a JSON object")
@@ -166,8 +169,15 @@ def _info(meta: dict[str, Any], p: Path) -> AdapterInfo:
     if not all(v is None or isinstance(v, str) for v in names.values()):
         raise CompatError(f"{p}: meta new_version / old_version must be strings or null")
     alpha = meta.get("alpha")
+    if alpha is not None and (not isinstance(alpha, int | float) or isinstance(alpha, bool) or not alpha > 0
+                              or math.isinf(alpha)):
+        raise CompatError(f"{p}: meta 'alpha' must be a positive number or null, got {alpha!r}")
     return AdapterInfo(kind, forward, dims["new_dim"], dims["old_dim"], names["new_version"], names["old_version"],
                        None if lam is None else float(lam), None if alpha is None else float(alpha), hidden, training)
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _array(arrays: dict[str, np.ndarray], key: str, shape: tuple[int, ...], p: Path) -> np.ndarray:

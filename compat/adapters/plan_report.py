@@ -7,7 +7,6 @@ inside it and moved in with the reports.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -17,6 +16,7 @@ from compat._atomic import write_all_or_nothing
 from compat.adapters.adapter import Adapter
 from compat.adapters.plan import BackfillPlan, PlanPoint, PlanSettings, plan_backfill
 from compat.features import FeatureSet
+from compat.jsontext import report_json
 from compat.markdown import escape, pct, table
 from compat.retrieval.evaluator import RetrievalEvaluator
 from compat.stored import StoredFeatures
@@ -172,7 +172,7 @@ def write_plan(
         csv_path = Path(work) / PLAN_CSV
         plan = plan_backfill(gallery, sample_old, sample_new, settings, evaluator=evaluator, csv_path=csv_path,
                              adapter=adapter, adapter_path=adapter_path, tmp_dir=tmp_dir or work)
-        document = json.dumps(plan_to_json(plan), indent=2) + "\n"
+        document = report_json(plan_to_json(plan))  # undefined numbers are null, never NaN
         markdown = render_plan_markdown(plan)
         files = write_all_or_nothing(out, {
             PLAN_CSV: lambda p: os.replace(csv_path, p),

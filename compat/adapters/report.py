@@ -52,7 +52,7 @@ def _backfill_section(b: BackfillResult) -> list[str]:
     metrics = list(b.curves[0].values)
     head = f"### {escape(b.new)} → {escape(b.old)}" + (f" (B {b.adapter}), from {escape(b.start.value)}" if b.adapter
                                                   else " (raw features)")
-    rows = [[c.ordering, *(f"{100 * c.area[m]:.2f}" for m in metrics)] for c in b.curves]
+    rows = [[c.ordering, *(pct(c.area[m]) for m in metrics)] for c in b.curves]
     intro = (f"Gallery from {escape(b.start.value)} (beta = 0) to {escape(b.end.value)} (beta = 1); area under "
              "M(beta), in percent:")
     lines = [head, "", intro, "", *table(["ordering", *metrics], rows), ""]
@@ -95,8 +95,8 @@ def plot_backfill(results: tuple[BackfillResult, ...], path: Path) -> None:
         for b in results:
             prefix = f"{b.new}→{b.old} from {b.start.value}: " if len(results) > 1 else ""
             for c in b.curves:
-                ax.plot(c.betas, [100 * v for v in c.values[m]], marker="o", markersize=3,
-                        label=f"{prefix}{c.ordering} (area {100 * c.area[m]:.2f})")
+                ax.plot(c.betas, [float("nan") if v is None else 100 * v for v in c.values[m]], marker="o",
+                        markersize=3, label=f"{prefix}{c.ordering} (area {pct(c.area[m])})")
         ax.set_title(m)
         ax.set_xlabel("fraction of the gallery re-extracted (beta)")
         ax.set_ylabel(f"{m}, %")

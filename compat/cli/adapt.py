@@ -45,7 +45,7 @@ _DEFAULTS = AdapterConfig()
               show_default=True, help="Of the contrastive term.")
 @click.option("--init", type=options.choice(Init), default=_DEFAULTS.init.value, show_default=True,
               help="Starting B for perp and lambda.")
-@click.option("--seed", type=int, default=_DEFAULTS.seed, show_default=True)
+@click.option("--seed", type=options.SEED, default=_DEFAULTS.seed, show_default=True)
 @click.option("--new-name", default=None, help="Version name of NEW stored in the adapter (default: its meta).")
 @click.option("--old-name", default=None, help="Version name of OLD stored in the adapter (default: its meta).")
 @options.device
@@ -59,6 +59,7 @@ def adapt_command(old_path: Path, new_path: Path, new_name: str | None, old_name
     B maps NEW's features to OLD's space (so new queries can search the old gallery); F maps OLD's
     features to the space of B(NEW) (to upgrade the stored gallery without re-running images).
     """
+    from compat._files import check_output_file
     from compat.adapters.fit import fit_adapter
     from compat.adapters.io import save_adapter
     from compat.device import resolve_device
@@ -66,6 +67,7 @@ def adapt_command(old_path: Path, new_path: Path, new_name: str | None, old_name
 
     if out.suffix != ".npz":
         raise CompatError(f"--out {out}: an adapter file must end in .npz")
+    check_output_file(out)  # before the training, not after it
     cfg = AdapterConfig(**settings)
     old, new = load_features(old_path), load_features(new_path)
     adapter = fit_adapter(new, old, cfg, new_version=new_name, old_version=old_name, device=resolve_device(device),

@@ -16,7 +16,7 @@ __all__ = ["demo_command"]
 @click.command("demo")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("compat-demo"), show_default=True,
               help="Output directory: models, features and the reports of both chains.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the data split, training and bootstrap.")
+@click.option("--seed", type=options.SEED, default=0, show_default=True, help="Seeds the data split, training and bootstrap.")
 @options.device
 @click.option("--method", type=click.Choice(["cores", "bct"]), default="cores", show_default=True,
               help="How the compatible model is trained: CoReS (fixed d-Simplex classifier) or BCT.")

@@ -38,7 +38,8 @@ __all__ = ["plan_backfill_command"]
 @options.evaluator_options
 @click.option("--points", type=click.IntRange(min=2), default=DEFAULT_BACKFILL_POINTS, show_default=True,
               help="Grid of fractions re-extracted, from 0 to 1.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random ordering and the bootstrap.")
+@click.option("--seed", type=options.SEED, default=0, show_default=True,
+              help="Seed of the random ordering and the bootstrap.")
 @click.option("--n-resamples", type=click.IntRange(min=1), default=DEFAULT_RESAMPLES, show_default=True,
               help="Bootstrap resamples of the band.")
 @click.option("--confidence", type=float, default=0.95, show_default=True, help="Level of the band.")
@@ -63,6 +64,7 @@ def plan_backfill_command(gallery: Path, old: str, new: str, dataset: str | None
     must be in the gallery. Give --budget or --target. Exit 0; 1: the target is not reachable;
     2: bad input.
     """
+    from compat._files import check_output_dir
     from compat.adapters.plan import PlanSettings
     from compat.adapters.plan_goals import parse_budget, parse_target
     from compat.adapters.plan_report import render_plan_markdown, write_plan
@@ -70,6 +72,7 @@ def plan_backfill_command(gallery: Path, old: str, new: str, dataset: str | None
     from compat.retrieval.evaluator import RetrievalEvaluator
     from compat.stored import open_stored
 
+    check_output_dir(out)  # before any work: a plan that cannot be written is never computed
     if (budget is None) == (target is None):
         raise CompatError("--budget / --target: give exactly one (e.g. --budget 20% or --target 'cmc@1>=0.95')")
     goal = {"budget": parse_budget(budget)} if budget is not None else {"target": parse_target(target)}

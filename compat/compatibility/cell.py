@@ -11,7 +11,7 @@ through :func:`evaluate_cell`, so that the same two feature sets always give the
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from enum import Enum
 
 import numpy as np
@@ -19,10 +19,20 @@ import numpy as np
 from compat.choices import parse_choice
 from compat.errors import CompatError
 from compat.features import FeatureSet
-from compat.retrieval.evaluator import RetrievalEvaluator
+from compat.retrieval.evaluator import Protocol, RetrievalEvaluator
 from compat.retrieval.metrics import RetrievalResult
+from compat.retrieval.qrels import check_qrels_ids
+from compat.retrieval.query_gallery import Exclude
 
-__all__ = ["ArrayTransform", "DimPolicy", "apply_dim_policy", "compatible_dim", "evaluate_cell"]
+__all__ = [
+    "ArrayTransform",
+    "DimPolicy",
+    "apply_dim_policy",
+    "cell_arrays",
+    "check_cell_inputs",
+    "compatible_dim",
+    "evaluate_cell",
+]
 
 # (query features (Nq, Dq), gallery features (Ng, Dg)) -> transformed (query, gallery).
 ArrayTransform = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -114,10 +124,47 @@ def evaluate_cell(
     Returns:
         The cell's values, with per-query values and the mask of queries that have a positive.
     """
-    policy = parse_choice(DimPolicy, dim_policy, "dim_policy")
     where = where or f"{query.source} on {gallery.source}"
+    q, g = cell_arrays(query, gallery, dim_policy=dim_policy, transform=transform, where=where)
+    return evaluator.evaluate_arrays(q, query.labels, query.ids, g, gallery.labels, gallery.ids, where=where,
+                                     query_groups=query.groups, gallery_groups=gallery.groups)
+
+
+def cell_arrays(
+    query: FeatureSet,
+    gallery: FeatureSet,
+    *,
+    dim_policy: DimPolicy | str = DimPolicy.ERROR,
+    transform: ArrayTransform | None = None,
+    where: str = "cell",
+) -> tuple[np.ndarray, np.ndarray]:
+    """The features a cell compares: ``transform`` first, then ``compatible_dim`` or the policy.
+
+    Shared by :func:`evaluate_cell` and the index cell
+    (:func:`compat.compatibility.indexed.evaluate_index_cell`), so both see the same arrays.
+    """
+    policy = parse_choice(DimPolicy, dim_policy, "dim_policy")
     q, g = query.features, gallery.features
     if transform is not None:
         q, g = transform(q, g)
-    q, g = apply_dim_policy(q, g, policy, where=where, compatible_dim=compatible_dim(query))
-    return evaluator.evaluate_arrays(q, query.labels, query.ids, g, gallery.labels, gallery.ids, where=where)
+    return apply_dim_policy(q, g, policy, where=where, compatible_dim=compatible_dim(query))
+
+
+def check_cell_inputs(evaluator: RetrievalEvaluator, queries: Sequence[FeatureSet], galleries: Sequence[FeatureSet]) -> None:
+    """What the evaluator's protocol needs of the feature sets, checked before any cell is evaluated.
+
+    ``same-group`` exclusion needs ``groups`` in every set; a relevance file's ids must each be in one
+    of the query sets (query ids) or galleries (gallery ids).
+
+    Raises:
+        CompatError: naming the feature set (or the relevance file and its line).
+    """
+    if evaluator.protocol is not Protocol.QUERY_GALLERY:
+        return
+    if evaluator.exclude is Exclude.SAME_GROUP:
+        for fs in (*queries, *galleries):
+            if fs.groups is None:
+                raise CompatError(f"{fs.source}: field 'groups' is missing; --exclude same-group needs the group "
+                                  "(e.g. camera) of every query and gallery item")
+    if evaluator.qrels is not None:
+        check_qrels_ids(evaluator.qrels, [fs.ids for fs in queries], [fs.ids for fs in galleries])

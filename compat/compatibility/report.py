@@ -6,22 +6,32 @@ directory first and only then moved into place, so a failure never leaves a part
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from compat._atomic import write_all_or_nothing
+from compat.compatibility.flips import flips_csv, render_classes, render_flips
+from compat.jsontext import report_json
 from compat.markdown import FAIL_MARK, PASS_MARK, UNDEFINED, escape, num, pct, pp, table
 
 if TYPE_CHECKING:
     from compat.compatibility.matrix import CompatibilityReport
 
-__all__ = ["HEATMAP_NAME", "JSON_NAME", "MARKDOWN_NAME", "plot_heatmaps", "render_markdown", "write_reports"]
+__all__ = [
+    "FLIPS_NAME",
+    "HEATMAP_NAME",
+    "JSON_NAME",
+    "MARKDOWN_NAME",
+    "plot_heatmaps",
+    "render_markdown",
+    "write_reports",
+]
 
 JSON_NAME = "compat.json"
 MARKDOWN_NAME = "compat.md"
 HEATMAP_NAME = "compat.png"
+FLIPS_NAME = "flips.csv"
 
 def _metric_section(report: CompatibilityReport, metric: str) -> list[str]:
     names = [escape(v) for v in report.versions]
@@ -86,7 +96,9 @@ def render_markdown(report: CompatibilityReport) -> str:
 
     Per metric: the lower-triangular matrix in percent (rows: query version, columns: gallery
     version), off-diagonal cells marked ✓ / ✗ by the empirical compatibility criterion, then AC,
-    AM (percent), BC and FC (signed percentage points) and the update gain. Then the query counts.
+    AM (percent), BC and FC (signed percentage points) and the update gain. Then the query counts,
+    the flips, the classes that lost most and any warnings; and with an index the same matrices
+    through it, beside the exact values, and its recall.
     """
     lines = [
         "# Compatibility report",
@@ -101,9 +113,19 @@ def render_markdown(report: CompatibilityReport) -> str:
         ),
         "",
     ]
+    if report.notes:
+        lines += ["**Notes**", "", *(f"- {escape(note)}" for note in report.notes), ""]
+    if report.warnings:
+        lines += [*(f"**Warning:** {escape(w)}" for w in report.warnings), ""]
     for metric in report.metrics:
         lines += _metric_section(report, metric)
     lines += _queries_section(report)
+    lines += render_flips(report.flips or ())
+    lines += render_classes(report.classes)
+    if report.index is not None:
+        from compat.compatibility.index_report import render_index_markdown
+
+        lines += ["", render_index_markdown(report.index, report.matrices, report.versions)]
     return "\n".join(lines)
 
 
@@ -112,59 +134,70 @@ def plot_heatmaps(report: CompatibilityReport, path: Path) -> None:
 
     The lower triangle is coloured and annotated in percent; the upper triangle is blank.
     Off-diagonal cells that fail the compatibility criterion get a red frame and a bold ✗.
+    With an index, a second row shows each metric through the index and the index's recall.
     The file is byte-for-byte deterministic (no software or time stamp in its metadata).
     """
-    import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+
+    rows = [[(m, report.matrices[m], report.summary[m].ecc) for m in report.metrics]]
+    if report.index is not None:
+        index = report.index
+        rows.append([(f"{m} via index", index.matrices[m], index.summary[m].ecc) for m in index.metrics]
+                    + [(f"recall@{index.params.get('k')}", index.recall, None)])
+    t = len(report.versions)
+    n = max(len(r) for r in rows)
+    side = 1.0 + 0.9 * t
+    fig = Figure(figsize=(side * n + 0.6 * n, (side + 0.5) * len(rows) + 0.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(rows), n, squeeze=False)
+    for r, panels in enumerate(rows):
+        for c in range(n):
+            if c < len(panels):
+                _panel(axes[r][c], *panels[c], report.versions)
+            else:
+                axes[r][c].set_axis_off()
+    title = f"compatibility ({report.protocol}), %; red frame {FAIL_MARK}: fails the compatibility criterion"
+    if report.index is not None:
+        title += f"; second row: through the index {report.index.label}"
+    fig.suptitle(title, fontsize=10)
+    fig.savefig(path, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
+
+
+def _panel(ax, title: str, matrix: list[list[float | None]], ecc: list[list[bool | None]] | None,
+           versions: tuple[str, ...]) -> None:
+    """One annotated lower-triangular heatmap (``ecc`` None: no criterion to mark)."""
+    import numpy as np
     from matplotlib.patches import Rectangle
 
-    t = len(report.versions)
-    n = len(report.metrics)
-    side = 1.0 + 0.9 * t
-    fig = Figure(figsize=(side * n + 0.6 * n, side + 0.9), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, n, squeeze=False)[0]
-    for ax, metric in zip(axes, report.metrics, strict=True):
-        matrix = report.matrices[metric]
-        ecc = report.summary[metric].ecc
-        values = np.full((t, t), np.nan)
-        for i in range(t):
-            for j in range(i + 1):
-                if matrix[i][j] is not None:
-                    values[i, j] = matrix[i][j]
-        masked = np.ma.masked_invalid(values)
-        image = ax.imshow(masked, cmap="viridis", vmin=np.nanmin(values), vmax=np.nanmax(values))
-        for i in range(t):
-            for j in range(i + 1):
-                if np.isnan(values[i, j]):
-                    continue
-                failed = j < i and ecc[i][j] is False
-                lum = np.dot(image.to_rgba(values[i, j])[:3], (0.299, 0.587, 0.114))
-                text = f"{100 * values[i, j]:.2f}" + (f" {FAIL_MARK}" if failed else "")
-                ax.text(
-                    j,
-                    i,
-                    text,
-                    ha="center",
-                    va="center",
-                    color="black" if lum > 0.5 else "white",
-                    fontsize=9,
-                    fontweight="bold" if failed else "normal",
-                )
-                if failed:
-                    ax.add_patch(Rectangle((j - 0.45, i - 0.45), 0.9, 0.9, fill=False, edgecolor="red", linewidth=3))
-        ax.set_title(metric)
-        ax.set_xticks(range(t), report.versions, rotation=45 if t > 4 else 0)
-        ax.set_yticks(range(t), report.versions)
-        ax.set_xlabel("gallery version")
-        ax.set_ylabel("query version")
-        for spine in ax.spines.values():
-            spine.set_visible(False)
-    fig.suptitle(
-        f"compatibility ({report.protocol}), %; red frame {FAIL_MARK}: fails the compatibility criterion", fontsize=10
-    )
-    fig.savefig(path, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
+    t = len(versions)
+    values = np.full((t, t), np.nan)
+    for i in range(t):
+        for j in range(i + 1):
+            if matrix[i][j] is not None:
+                values[i, j] = matrix[i][j]
+    if np.isnan(values).all():
+        values[0, 0] = 0.0  # nothing measured: an empty panel still needs a colour range
+    image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=np.nanmin(values), vmax=np.nanmax(values))
+    for i in range(t):
+        for j in range(i + 1):
+            if matrix[i][j] is None:  # undefined: no query has a positive
+                ax.text(j, i, "n/a", ha="center", va="center", color="grey", fontsize=9)
+                continue
+            failed = ecc is not None and j < i and ecc[i][j] is False
+            lum = np.dot(image.to_rgba(values[i, j])[:3], (0.299, 0.587, 0.114))
+            text = f"{100 * values[i, j]:.2f}" + (f" {FAIL_MARK}" if failed else "")
+            ax.text(j, i, text, ha="center", va="center", color="black" if lum > 0.5 else "white", fontsize=9,
+                    fontweight="bold" if failed else "normal")
+            if failed:
+                ax.add_patch(Rectangle((j - 0.45, i - 0.45), 0.9, 0.9, fill=False, edgecolor="red", linewidth=3))
+    ax.set_title(title)
+    ax.set_xticks(range(t), versions, rotation=45 if t > 4 else 0)
+    ax.set_yticks(range(t), versions)
+    ax.set_xlabel("gallery version")
+    ax.set_ylabel("query version")
+    for spine in ax.spines.values():
+        spine.set_visible(False)
 
 
 def write_reports(
@@ -186,15 +219,19 @@ def write_reports(
             backfill plot); written and moved in with the three reports.
 
     Returns:
-        The paths of the three files, in the order above, then the extra files.
+        The paths of the three files, in the order above, then ``flips.csv`` (when the protocol ranks
+        items: every protocol but ``pairs``), then the extra files.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     document = report.to_json() | (extra_json or {})
     markdown = render_markdown(report) + ("\n" + extra_markdown if extra_markdown else "")
     writers: dict[str, Callable[[Path], object]] = {
-        JSON_NAME: lambda p: p.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8"),
+        JSON_NAME: lambda p: p.write_text(report_json(document), encoding="utf-8"),
         MARKDOWN_NAME: lambda p: p.write_text(markdown, encoding="utf-8"),
         HEATMAP_NAME: lambda p: plot_heatmaps(report, p),
     }
+    if report.flips is not None:
+        text = flips_csv(report.flips)
+        writers[FLIPS_NAME] = lambda p: p.write_text(text, encoding="utf-8")
     return write_all_or_nothing(out_dir, writers | dict(extra_files or {}))

@@ -207,6 +207,7 @@ def build_dataset(
     download: bool = False,
     train_transform: bool,
     image_size: int | None = None,
+    transform: Callable[[Any], Any] | None = None,
 ) -> ImageDataset:
     """Build one split of a registered dataset with its default transform.
 
@@ -221,6 +222,8 @@ def build_dataset(
             is a :class:`CompatError` and nothing is written.
         train_transform: training transform (with the dataset's augmentation) or evaluation transform.
         image_size: ``imagefolder`` only: side of the model's input (default from ``datasets.yaml``).
+        transform: replaces the dataset's own transform (PIL image -> tensor): the explicit
+            preprocessing of a model compat did not train (:mod:`compat.models.external`).
 
     Returns:
         An :class:`ImageDataset` with ``labels`` and ``ids`` as int64 arrays.
@@ -232,7 +235,8 @@ def build_dataset(
         raise CompatError(f"dataset {name}: images are {info.image_size} pixels; image_size is for imagefolder only")
     if image_size is not None and image_size < 1:
         raise CompatError(f"dataset {name}: image_size must be positive, got {image_size}")
-    transform = build_transform(info, train=train_transform, image_size=image_size)
+    if transform is None:
+        transform = build_transform(info, train=train_transform, image_size=image_size)
     request = _Request(info=info, root=root, split=split, download=download, transform=transform)
     base, labels, ids, classes = build(request)
     return ImageDataset(base, info=info, split=split, labels=labels, ids=ids, classes=classes)

@@ -17,9 +17,11 @@ import numpy as np
 
 from compat.errors import CompatError
 
-__all__ = ["DEFAULT_RESAMPLES", "Interval", "bootstrap_ci", "resample_indices"]
+__all__ = ["DEFAULT_RESAMPLES", "Interval", "bootstrap_ci", "min_resamples", "resample_indices"]
 
 DEFAULT_RESAMPLES = 2000
+# Resamples expected beyond each end of a percentile interval, at the least (see min_resamples).
+_TAIL_RESAMPLES = 2.5
 # Rows of resampled indices drawn per batch: bounds memory at about 8 MiB of indices per batch.
 _BATCH_ELEMENTS = 1 << 20
 
@@ -42,6 +44,17 @@ class Interval:
     confidence: float
     n: int
     n_resamples: int
+
+
+def min_resamples(confidence: float) -> int:
+    """The fewest resamples the gate accepts for intervals of level ``confidence``: 100 at 95%.
+
+    A percentile interval's ends are order statistics of the resampled values. With B resamples,
+    B (1 - confidence) / 2 of them lie beyond each end; below 2.5 the ends are the few most extreme
+    draws, and a verdict then turns on the seed rather than on the data. So B >= 5 / (1 - confidence):
+    100 at 95%, 500 at 99%.
+    """
+    return math.ceil(round(2 * _TAIL_RESAMPLES / (1.0 - confidence), 6))
 
 
 def resample_indices(n: int, n_resamples: int, *, seed: int) -> Iterator[np.ndarray]:

@@ -20,12 +20,16 @@ import numpy as np
 
 from compat.choices import parse_choice
 from compat.compatibility.cell import DimPolicy, evaluate_cell
+from compat.compatibility.indexed import GalleryIndexes, IndexSetup, evaluate_index_cell
 from compat.errors import CompatError
 from compat.features import FeatureSet
-from compat.gate.bootstrap import DEFAULT_RESAMPLES, Interval, Statistic, bootstrap_ci
+from compat.gate.bootstrap import DEFAULT_RESAMPLES, Interval, Statistic, bootstrap_ci, min_resamples
 from compat.gate.policy import CheckKind, CheckSpec, GatePolicy, Rule
+from compat.gate.preflight import INDEPENDENT, NEW, OLD, check_inputs, query_sets, with_index
+from compat.preprocessing import preprocessing_warnings
 from compat.progress import progress as progress_bar
-from compat.retrieval.evaluator import Protocol, RetrievalEvaluator
+from compat.retrieval.evaluator import RetrievalEvaluator
+from compat.retrieval.index import IndexSpec
 from compat.retrieval.metrics import RetrievalResult
 from compat.retrieval.protocols import match_ids
 
@@ -33,7 +37,7 @@ __all__ = ["CellMean", "CheckResult", "GateVerdict", "run_gate"]
 
 logger = logging.getLogger(__name__)
 
-OLD, NEW, INDEPENDENT = "old", "new", "independent"
+TOP1 = "top-1"  # the per-query column of flips: is the first result a positive
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -69,6 +73,8 @@ class CheckResult:
         cells: M(q, g) of each cell over those queries.
         details: per-gallery drops for ``max_drop``.
         note: why a check was skipped or is undefined.
+        index: the index the cells were searched through (``None``: exact search).
+        recall: per cell (``query/gallery``), the index's recall@k against the exact top-k.
     """
 
     name: str
@@ -85,6 +91,8 @@ class CheckResult:
     cells: tuple[CellMean, ...] = ()
     details: list[dict[str, Any]] = field(default_factory=list)
     note: str = ""
+    index: IndexSpec | None = None
+    recall: dict[str, float | None] = field(default_factory=dict)
 
     @property
     def skipped(self) -> bool:
@@ -110,6 +118,9 @@ class CheckResult:
             out["details"] = self.details
         if self.note:
             out["note"] = self.note
+        if self.index is not None:
+            out["index"] = {"factory": self.index.factory, "params": self.index.model_dump(exclude={"factory"}),
+                            "recall": self.recall}
         return out
 
 
@@ -124,6 +135,7 @@ class GateVerdict:
         protocol, similarity, confidence, n_resamples, seed: how it was measured.
         ranks: torch.distributed processes that evaluated the cells (1 without torchrun).
         query_sample: queries per cell when the cells evaluated a seeded sample, else None.
+        warnings: what the reader should know (inputs extracted with different preprocessing).
     """
 
     passed: bool
@@ -136,6 +148,7 @@ class GateVerdict:
     seed: int
     ranks: int = 1
     query_sample: int | None = None
+    warnings: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """The ``gate.json`` document."""
@@ -150,6 +163,7 @@ class GateVerdict:
             "inputs": self.inputs,
             "ranks": self.ranks,
             "query_sample": self.query_sample,
+            "warnings": list(self.warnings),
         }
 
     @property
@@ -159,38 +173,60 @@ class GateVerdict:
 
 
 class _Cells:
-    """Evaluates (query model, gallery model) cells once each, under one dimension policy."""
+    """Evaluates (query model, gallery model) cells once each, under one dimension policy.
 
-    def __init__(self, models: dict[str, FeatureSet], evaluator: RetrievalEvaluator, dim_policy: DimPolicy):
+    ``models`` are the galleries; ``queries`` a model's separate query set, where it has one.
+    """
+
+    def __init__(self, models: dict[str, FeatureSet], evaluator: RetrievalEvaluator, dim_policy: DimPolicy,
+                 queries: dict[str, FeatureSet] | None = None):
         self.models, self.evaluator, self.dim_policy = models, evaluator, dim_policy
-        self._cache: dict[tuple[str, str], RetrievalResult] = {}
+        self.queries = {**models, **(queries or {})}
+        self._cache: dict[tuple[str, str, IndexSpec | None], RetrievalResult] = {}
+        self._indexes: dict[IndexSpec, GalleryIndexes] = {}
+        self.recall: dict[tuple[str, str, IndexSpec], float | None] = {}
 
-    def get(self, q: str, g: str) -> RetrievalResult:
-        key = (q, g)
+    def get(self, q: str, g: str, index: IndexSpec | None = None) -> RetrievalResult:
+        """Cell (q, g), searched exactly or through ``g``'s index built with ``index``."""
+        key = (q, g, index)
         if key not in self._cache:
-            query, gallery = self.models[q], self.models[g]
+            query, gallery = self.queries[q], self.models[g]
             where = f"cell {q} on {g} ({query.source} on {gallery.source})"
-            result = evaluate_cell(self.evaluator, query, gallery, dim_policy=self.dim_policy, where=where)
+            if index is None:
+                result = evaluate_cell(self.evaluator, query, gallery, dim_policy=self.dim_policy, where=where)
+            else:
+                cell = evaluate_index_cell(self.evaluator, query, gallery, self.index_of(g, index), k=index.k,
+                                           dim_policy=self.dim_policy, where=where)
+                result, self.recall[(q, g, index)] = cell.result, cell.recall
             logger.info("%s on %s: %s", q, g, result.values)
             self._cache[key] = result
         return self._cache[key]
 
-    def paired(self, cells: Sequence[tuple[str, str]], metric: str, check: str) -> tuple[np.ndarray, np.ndarray]:
+    def index_of(self, g: str, index: IndexSpec):
+        """Gallery ``g``'s index for ``index``, built once."""
+        indexes = self._indexes.setdefault(index, GalleryIndexes(IndexSetup(index), self.evaluator))
+        return indexes.get(g, self.models[g])
+
+    def paired(self, cells: Sequence[tuple[str, str]], metric: str, check: str,
+               index: IndexSpec | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(N, len(cells)) per-query values of ``metric``, one row per query id counted in every cell.
+
+        ``metric`` ``"top-1"`` gives each query's top-1 hit (1 when its first result is a positive),
+        which is its CMC@1 value.
 
         Returns:
             The columns and each column's mean. A mean is taken in its query set's own row order, so
             that when every query of a cell is paired it is exactly the cell's value (``compat eval``'s).
         """
-        results = [self.get(q, g) for q, g in cells]
-        kinds = {self.models[q].ids.dtype.kind for q, _ in cells}
+        results = [self.get(q, g, index) for q, g in cells]
+        kinds = {self.queries[q].ids.dtype.kind for q, _ in cells}
         if len(kinds) > 1:
-            sources = ", ".join(f"{q}: {self.models[q].source}" for q, _ in dict.fromkeys(cells))
+            sources = ", ".join(f"{q}: {self.queries[q].source}" for q, _ in dict.fromkeys(cells))
             raise CompatError(
                 f"check {check!r}: item ids are integers in some feature sets and strings in others ({sources}); "
                 "queries are paired by id"
             )
-        counted = [self.models[q].ids[r.counted] for (q, _), r in zip(cells, results, strict=True)]
+        counted = [self.queries[q].ids[r.counted] for (q, _), r in zip(cells, results, strict=True)]
         common = functools.reduce(np.intersect1d, counted)
         if len(common) == 0:
             names = ", ".join(f"{q} on {g}" for q, g in cells)
@@ -200,9 +236,10 @@ class _Cells:
             )
         columns, means = [], []
         for (q, _), result in zip(cells, results, strict=True):
-            rows = match_ids(common, self.models[q].ids, required=True, where=f"check {check!r}")
-            columns.append(result.per_query[metric][rows])
-            means.append(result.per_query[metric][np.sort(rows)].mean())
+            values = result.hit1.astype(np.float64) if metric == TOP1 else result.per_query[metric]
+            rows = match_ids(common, self.queries[q].ids, required=True, where=f"check {check!r}")
+            columns.append(values[rows])
+            means.append(values[np.sort(rows)].mean())
         return np.stack(columns, axis=1), np.array(means)
 
 
@@ -220,6 +257,15 @@ def _max_drop(means: np.ndarray) -> np.ndarray:
     return (means[:, 0::2] - means[:, 1::2]).max(axis=1)
 
 
+def _first_column(means: np.ndarray) -> np.ndarray:
+    return means[:, 0]
+
+
+def _negative_flips(columns: np.ndarray) -> np.ndarray:
+    """(N, 1): 1 where the query is right at top-1 under (old, old) (column 1) and wrong under (new, old)."""
+    return (columns[:, 1] * (1.0 - columns[:, 0]))[:, None]
+
+
 def _cells_of(spec: CheckSpec, older: Sequence[str]) -> tuple[list[tuple[str, str]], Statistic]:
     """The cells a check compares, in the column order its statistic expects."""
     if spec.kind is CheckKind.COMPATIBILITY:
@@ -228,18 +274,33 @@ def _cells_of(spec: CheckSpec, older: Sequence[str]) -> tuple[list[tuple[str, st
         return [(NEW, NEW), (OLD, OLD)], _difference
     if spec.kind is CheckKind.UPDATE_GAIN:
         return [(NEW, OLD), (OLD, OLD), (INDEPENDENT, INDEPENDENT)], _update_gain
+    if spec.kind is CheckKind.NEGATIVE_FLIPS:
+        return [(NEW, OLD), (OLD, OLD)], _first_column
     return [cell for g in older for cell in ((OLD, g), (NEW, g))], _max_drop
 
 
 def _decide(spec: CheckSpec, ci: Interval) -> bool:
     """The check's rule on its interval; a ratio that is undefined on the whole sample fails."""
-    if spec.kind is not CheckKind.MAX_DROP and not math.isfinite(ci.value):
+    if not spec.kind.bounds_a_loss and not math.isfinite(ci.value):
         return False
     return spec.kind.rule.passes(ci.low, ci.high, spec.threshold)
 
 
 def _describe(fs: FeatureSet) -> dict[str, Any]:
     return {"source": fs.source, "n": fs.n, "dim": fs.dim, "meta": fs.meta}
+
+
+def _inputs(models: dict[str, FeatureSet], queries: dict[str, FeatureSet]) -> dict[str, dict[str, Any]]:
+    """``gate.json``'s inputs: every gallery by label, then the separate query sets (``old.query``)."""
+    return {label: _describe(fs) for label, fs in models.items()} | {
+        f"{label}.query": _describe(fs) for label, fs in queries.items()}
+
+
+def _check_resamples(n_resamples: int, confidence: float) -> None:
+    fewest = min_resamples(confidence)
+    if n_resamples < fewest:
+        raise CompatError(f"n_resamples: {n_resamples} is too few for {confidence:g} intervals; at least "
+                          f"{fewest} (5 / (1 - confidence)), so that each end rests on more than the extreme draws")
 
 
 def run_gate(
@@ -254,6 +315,10 @@ def run_gate(
     n_resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
     progress: bool = False,
+    old_query: FeatureSet | None = None,
+    new_query: FeatureSet | None = None,
+    independent_query: FeatureSet | None = None,
+    index: IndexSpec | None = None,
 ) -> GateVerdict:
     """Decide whether ``new`` may replace ``old`` under ``policy``.
 
@@ -264,27 +329,42 @@ def run_gate(
         chain: features of older galleries still in the index, oldest first (``max_drop``).
         independent: features of a model trained without compatibility (``update_gain``); without
             it an ``update_gain`` check is skipped, or is an error when required.
-        evaluator: configured retrieval (protocol ``loo`` or ``template``, similarity, backend);
-            default: leave-one-out, cosine, with the policy's metrics. It must compute them all.
+        evaluator: configured retrieval (protocol ``loo``, ``query-gallery`` or ``template``,
+            similarity, backend); default: leave-one-out, cosine, with the policy's metrics. It must
+            compute them all.
         dim_policy: when feature sizes differ: ``error``, ``truncate`` or ``pad``.
-        n_resamples: bootstrap resamples per check.
+        n_resamples: bootstrap resamples per check, at least :func:`compat.gate.bootstrap.min_resamples`
+            of the policy's confidence (100 at 95%).
         seed: seed of the bootstrap.
         progress: a bar over the checks on a terminal.
+        old_query, new_query, independent_query: separate query sets of those models (required by
+            the query-gallery protocol; ``old``, ``new`` and ``independent`` are then their galleries).
+        index: the index of every check that names none in the policy and whose metric a returned
+            list defines (``cmc@K``, ``map@K``); the others stay exact. Each gallery's index is
+            built once per spec, on the gallery's own features.
 
     Raises:
         CompatError: bad input (sizes, ids, a metric the evaluator does not compute, a required
-            check without its input).
+            check without its input, ``loo`` sets that hold different items, an item whose label
+            differs between sets, fewer resamples than the confidence needs, an index that cannot
+            be built).
     """
     dims = parse_choice(DimPolicy, dim_policy, "dim_policy")
+    _check_resamples(n_resamples, policy.confidence)
     evaluator = evaluator or RetrievalEvaluator(policy.metrics)
-    _check_inputs(policy, evaluator, independent)
+    checks = [with_index(spec, index) for spec in policy.checks]
+    check_inputs(policy, evaluator, independent, indexed=any(c.index is not None for c in checks))
     older = [f"chain[{i}]" for i in range(len(chain))] + [OLD]
     models = {OLD: old, NEW: new, **dict(zip(older[:-1], chain, strict=True))}
     if independent is not None:
         models[INDEPENDENT] = independent
-    cells = _Cells(models, evaluator, dims)
+    queries = query_sets(evaluator, models, old_query, new_query, independent_query)
+    cells = _Cells(models, evaluator, dims, queries)
+    for spec in checks:  # build every index first: a bad one fails before any check is evaluated
+        for g in dict.fromkeys(g for _, g in _cells_of(spec, older)[0] if g in models and spec.index is not None):
+            cells.index_of(g, spec.index)
     results = []
-    for spec in progress_bar(policy.checks, desc="gate checks", enabled=progress):
+    for spec in progress_bar(checks, desc="gate checks", enabled=progress):
         if spec.kind is CheckKind.UPDATE_GAIN and independent is None:
             results.append(CheckResult(spec.label, spec.kind, spec.metric, spec.required, spec.threshold,
                                        spec.kind.rule, None, None, None, None,
@@ -294,38 +374,30 @@ def run_gate(
     return GateVerdict(
         passed=all(c.passed for c in results if c.required),
         checks=tuple(results),
-        inputs={label: _describe(fs) for label, fs in models.items()},
+        inputs=_inputs(models, queries),
         protocol=evaluator.protocol.value,
         similarity=evaluator.similarity.value,
         confidence=policy.confidence,
         n_resamples=n_resamples,
         seed=seed,
-        ranks=evaluator.dist.world_size,
-        query_sample=evaluator.query_sample,
+        ranks=evaluator.dist.world_size, query_sample=evaluator.query_sample,
+        warnings=_warnings(models, queries),
     )
 
 
-def _check_inputs(policy: GatePolicy, evaluator: RetrievalEvaluator, independent: FeatureSet | None) -> None:
-    """The evaluator can compute what the policy needs, and a required check has its input."""
-    if evaluator.protocol is Protocol.PAIRS:
-        raise CompatError("protocol: the gate needs per-query values; use protocol loo or template, not pairs")
-    missing = [m for m in policy.metrics if m not in evaluator.metric_names]
-    if missing:
-        raise CompatError(f"evaluator: it does not compute {', '.join(missing)}, which the policy's checks use")
-    for spec in policy.checks:
-        if spec.kind is CheckKind.UPDATE_GAIN and spec.required and independent is None:
-            raise CompatError(
-                f"policy check {spec.label!r}: a required update_gain check needs the features of an "
-                "independently trained model (--independent)"
-            )
+def _warnings(models: dict[str, FeatureSet], queries: dict[str, FeatureSet]) -> tuple[str, ...]:
+    return tuple(preprocessing_warnings([*((k, v.meta) for k, v in models.items()),
+                                         *((f"{k}.query", v.meta) for k, v in queries.items())]))
 
 
 def _run_check(
     spec: CheckSpec, cells: _Cells, older: list[str], confidence: float, n_resamples: int, seed: int
 ) -> CheckResult:
     pairs, statistic = _cells_of(spec, older)
-    columns, means = cells.paired(pairs, spec.metric, spec.label)
-    ci = bootstrap_ci(columns, statistic, n_resamples=n_resamples, confidence=confidence, seed=seed)
+    flips = spec.kind is CheckKind.NEGATIVE_FLIPS
+    columns, means = cells.paired(pairs, TOP1 if flips else spec.metric, spec.label, spec.index)
+    sample = _negative_flips(columns) if flips else columns
+    ci = bootstrap_ci(sample, statistic, n_resamples=n_resamples, confidence=confidence, seed=seed)
     details: list[dict[str, Any]] = []
     note = ""
     if spec.kind is CheckKind.MAX_DROP:
@@ -350,4 +422,6 @@ def _run_check(
         cells=tuple(CellMean(q, g, float(m)) for (q, g), m in zip(pairs, means, strict=True)),
         details=details,
         note=note,
+        index=spec.index,
+        recall={} if spec.index is None else {f"{q}/{g}": cells.recall[(q, g, spec.index)] for q, g in pairs},
     )

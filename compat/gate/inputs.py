@@ -6,7 +6,10 @@ A source is one of
 - a compat model file (``.pt`` / ``.pth``, written by :func:`compat.models.save_model`), loaded with
   ``weights_only=True``; its features are extracted from a dataset split;
 - a registered model, ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``: its compat model file is
-  downloaded (:mod:`compat.gate.registry`) and treated as above.
+  downloaded (:mod:`compat.gate.registry`) and treated as above;
+- a model compat did not train, ``torchscript:PATH`` or ``python:package.module:function``
+  (:mod:`compat.models.external`): embedded with the explicit preprocessing of the extraction, and only
+  when the extraction trusts model code.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from compat.errors import CompatError
 from compat.features import FeatureSet
 from compat.gate.registry import download_model, is_model_uri, parse_model_uri, resolve_model_uri
 from compat.manifest import load_for_rank
+from compat.preprocessing import Preprocessing
 
 __all__ = ["ExtractionSpec", "SourceKind", "adapt_source", "load_source", "source_kind"]
 
@@ -32,13 +36,19 @@ class SourceKind(str, Enum):
     FEATURES = "features"
     MODEL = "model"
     REGISTRY = "registry"
+    TORCHSCRIPT = "torchscript"
+    PYTHON = "python"
 
 
 def source_kind(source: str | Path) -> SourceKind:
-    """``models:/...`` -> registry; a ``.pt`` / ``.pth`` path -> model file; anything else -> features."""
+    """``models:/...`` -> registry; ``torchscript:`` / ``python:`` -> a user's model; a ``.pt`` / ``.pth``
+    path -> model file; anything else -> features."""
     text = str(source)
     if is_model_uri(text):
         return SourceKind.REGISTRY
+    for kind in (SourceKind.TORCHSCRIPT, SourceKind.PYTHON):
+        if text.startswith(f"{kind.value}:"):
+            return kind
     if Path(text).suffix.lower() in MODEL_SUFFIXES:
         return SourceKind.MODEL
     return SourceKind.FEATURES
@@ -46,7 +56,12 @@ def source_kind(source: str | Path) -> SourceKind:
 
 @dataclass
 class ExtractionSpec:
-    """The dataset split that model sources are embedded on (built once, shared by all models)."""
+    """The dataset split that model sources are embedded on (built once per transform, shared by all models).
+
+    Args:
+        preprocessing: how images are prepared for ``torchscript:`` and ``python:`` models (compat
+            model files use the dataset's own evaluation transform).
+    """
 
     dataset: str
     data_root: str | None = None
@@ -54,14 +69,22 @@ class ExtractionSpec:
     device: str = "cpu"
     batch_size: int = 512
     progress: bool = True
-    _built: Any = field(default=None, repr=False)
+    preprocessing: Preprocessing | None = None
+    _built: dict[Any, Any] = field(default_factory=dict, repr=False)
 
-    def build(self):
-        if self._built is None:
+    def build(self, preprocessing: Preprocessing | None = None):
+        """The dataset, with the dataset's own transform (``None``) or ``preprocessing``'s."""
+        if preprocessing not in self._built:
             from compat.data import build_dataset
 
-            self._built = build_dataset(self.dataset, root=self.data_root, split=self.split, train_transform=False)
-        return self._built
+            transform = None
+            if preprocessing is not None:
+                from compat.models.external import preprocessing_transform
+
+                transform = preprocessing_transform(preprocessing)
+            self._built[preprocessing] = build_dataset(self.dataset, root=self.data_root, split=self.split,
+                                                       train_transform=False, transform=transform)
+        return self._built[preprocessing]
 
 
 def load_source(
@@ -71,6 +94,7 @@ def load_source(
     extraction: ExtractionSpec | None = None,
     tracking_uri: str | None = None,
     dist: DistributedContext | None = None,
+    trust_model_code: bool = False,
 ) -> FeatureSet:
     """The features of one gate input.
 
@@ -81,6 +105,8 @@ def load_source(
         tracking_uri: the MLflow store for registry sources (default: the one in effect).
         dist: under torchrun, a sharded feature set is checked shard by shard by the ranks
             (:func:`compat.manifest.load_for_rank`).
+        trust_model_code: allow ``torchscript:`` and ``python:`` sources, which run code the user
+            supplies; without it they are refused before anything is read or imported.
 
     Raises:
         CompatError: unreadable or invalid input, or a model without a dataset.
@@ -91,6 +117,8 @@ def load_source(
         return load_for_rank(source, dist.rank, dist.world_size)
     if kind is SourceKind.REGISTRY:
         parse_model_uri(str(source))
+    if kind in (SourceKind.TORCHSCRIPT, SourceKind.PYTHON):
+        return _embed_external(str(source), option, extraction, trust_model_code)
     if extraction is None:
         raise CompatError(f"{option} {source}: a model needs a dataset to embed (--dataset NAME [--data-root DIR])")
     if kind is SourceKind.MODEL:
@@ -102,12 +130,38 @@ def load_source(
         return _embed(path, str(source), extraction, meta)
 
 
+def _embed_external(source: str, option: str, extraction: ExtractionSpec | None, trusted: bool) -> FeatureSet:
+    """A ``torchscript:`` / ``python:`` source: refused unless trusted, before anything is read or imported."""
+    from compat.models.external import TRUST_HINT, parse_model_spec
+
+    model = parse_model_spec(source)
+    if not trusted:
+        raise CompatError(f"{option} {source}: {TRUST_HINT}")
+    if extraction is None:
+        raise CompatError(f"{option} {source}: a model needs a dataset to embed (--dataset NAME [--data-root DIR])")
+    if extraction.preprocessing is None:
+        raise CompatError(f"{option} {source}: a model compat did not train needs its preprocessing "
+                          "(--preprocessing PRESET, or --image-size, --mean and --std)")
+    from compat.data import dataset_ids, dataset_labels
+    from compat.models.external import extract_external
+
+    dataset = extraction.build(extraction.preprocessing)
+    fs = extract_external(model, dataset, labels=dataset_labels(dataset), ids=dataset_ids(dataset),
+                          preprocessing=extraction.preprocessing, trust_model_code=True, device=extraction.device,
+                          batch_size=extraction.batch_size, meta={"dataset": extraction.dataset,
+                                                                  "split": extraction.split},
+                          progress=extraction.progress)
+    return FeatureSet(fs.features, fs.labels, fs.ids, fs.meta, source, fs.groups)
+
+
 def _embed(path: Path, source: str, extraction: ExtractionSpec, meta: dict[str, Any]) -> FeatureSet:
     from compat.data import dataset_ids, dataset_labels
     from compat.models import extract_model_file
+    from compat.models.external import dataset_preprocessing
 
     dataset = extraction.build()
-    info = {"dataset": extraction.dataset, "split": extraction.split, **meta}
+    info = {"dataset": extraction.dataset, "split": extraction.split,
+            "preprocessing": dataset_preprocessing(dataset.info).to_meta(), **meta}
     try:
         fs = extract_model_file(path, dataset, labels=dataset_labels(dataset), ids=dataset_ids(dataset),
                                 device=extraction.device, batch_size=extraction.batch_size, meta=info,
@@ -119,7 +173,7 @@ def _embed(path: Path, source: str, extraction: ExtractionSpec, meta: dict[str, 
     except (RuntimeError, ValueError) as exc:
         first = (str(exc).strip().splitlines() or [""])[0]
         raise CompatError(f"{source}: cannot embed dataset {extraction.dataset!r} with this model ({first})") from None
-    return FeatureSet(fs.features, fs.labels, fs.ids, fs.meta, source)
+    return FeatureSet(fs.features, fs.labels, fs.ids, fs.meta, source, fs.groups)
 
 
 def adapt_source(fs: FeatureSet, adapter_path: str | Path, *, old_dim: int) -> FeatureSet:
@@ -143,4 +197,4 @@ def adapt_source(fs: FeatureSet, adapter_path: str | Path, *, old_dim: int) -> F
     adapter.check_dims(fs.dim, old_dim, where=f"--adapter {adapter_path}")
     meta = {k: v for k, v in fs.meta.items() if k != "compatible_dim"}
     meta.update(adapter=str(adapter_path), adapter_digest=file_digest(adapter_path))
-    return FeatureSet(adapter.to_old(np.asarray(fs.features)), fs.labels, fs.ids, meta, f"B({fs.source})")
+    return FeatureSet(adapter.to_old(np.asarray(fs.features)), fs.labels, fs.ids, meta, f"B({fs.source})", fs.groups)

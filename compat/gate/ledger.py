@@ -33,7 +33,15 @@ from pathlib import Path
 
 from compat.errors import CompatError
 from compat.features import FeatureSet
-from compat.gate.registry import CHAMPION, Promotion, _client, _registry_errors, promote, resolve_model_uri
+from compat.gate.registry import (
+    CHAMPION,
+    Promotion,
+    _client,
+    _registry_errors,
+    promote,
+    resolve_model_uri,
+    undo_promotion,
+)
 
 __all__ = [
     "GALLERY_TAG",
@@ -230,8 +238,13 @@ def promote_gated(name: str, candidate: str, gated: GatedSpaces, *, tags: dict[s
 
     promotion = promote(name, candidate, tags={**(tags or {}), **extra}, tracking_uri=client.tracking_uri,
                         on_version=record)
-    if read_gallery(name, tracking_uri=client.tracking_uri) is None:
-        _write_gallery(client, name, GalleryState(None, (gated.gallery,)))
+    try:
+        if read_gallery(name, tracking_uri=client.tracking_uri) is None:
+            _write_gallery(client, name, GalleryState(None, (gated.gallery,)))
+            promotion.journal.add("the gallery ledger", lambda: client.delete_registered_model_tag(name, GALLERY_TAG))
+    except BaseException:
+        undo_promotion(promotion)  # a run that fails leaves the registry as it was
+        raise
     return promotion
 
 

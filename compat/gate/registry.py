@@ -16,10 +16,11 @@ import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from compat.errors import CompatError
+from compat.gate.rollback import Journal
 from compat.tracking import experiment_id_for
 
 __all__ = [
@@ -30,12 +31,14 @@ __all__ = [
     "ModelRef",
     "Promotion",
     "RegisteredVersion",
+    "check_model_name",
     "download_model",
     "is_model_uri",
     "parse_model_uri",
     "promote",
     "register_model",
     "resolve_model_uri",
+    "undo_promotion",
 ]
 
 ARTIFACT_DIR = "compat-model"
@@ -79,12 +82,16 @@ class RegisteredVersion:
 
 @dataclass(frozen=True)
 class Promotion:
-    """An alias moved by :func:`promote`: ``version`` is now ``alias``; ``previous`` held it before."""
+    """An alias moved by :func:`promote`: ``version`` is now ``alias``; ``previous`` held it before.
+
+    ``journal`` records how to take the promotion back (:func:`undo_promotion`).
+    """
 
     name: str
     version: str
     alias: str
     previous: str | None
+    journal: Journal | None = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> dict[str, str | None]:
         return {"name": self.name, "version": self.version, "alias": self.alias, "previous": self.previous}
@@ -101,11 +108,11 @@ def parse_model_uri(uri: str) -> ModelRef:
 def _client(tracking_uri: str | None = None):
     import mlflow
 
-    from compat.tracking import DEFAULT_TRACKING_URI
+    from compat.tracking import DEFAULT_TRACKING_URI, ready_store
 
     if tracking_uri is None:
         tracking_uri = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else DEFAULT_TRACKING_URI
-    return mlflow.MlflowClient(tracking_uri=tracking_uri)
+    return ready_store(tracking_uri)
 
 
 @contextmanager
@@ -194,18 +201,25 @@ def register_model(
     Returns:
         The new version; ``models:/NAME/VERSION`` is its URI.
     """
-    from mlflow.entities import RunStatus
-
     from compat.models import load_model
 
     p = Path(path)
     load_model(p)  # raises CompatError unless it is a loadable compat model file
-    _check_name(name)
+    check_model_name(name)
     client = _client(tracking_uri)
+    return _register(client, p, name, tags=tags, experiment=experiment, journal=Journal())
+
+
+def _register(client, p: Path, name: str, *, tags: Mapping[str, str] | None, experiment: str | None,
+              journal: Journal) -> RegisteredVersion:
+    """Log ``p`` in a new run and make it a new version of ``name``; every step recorded in ``journal``."""
+    from mlflow.entities import RunStatus
+
     with _registry_errors(f"registered model {name!r}"):
         experiment_id = experiment_id_for(client, experiment)
         run = client.create_run(experiment_id, run_name=f"register {name}", tags={"compat.model_file": str(p)})
         run_id = run.info.run_id
+        journal.add(f"run {run_id}", lambda: client.delete_run(run_id))
         try:
             with _staged_model(p) as staged:
                 client.log_artifact(run_id, str(staged), artifact_path=ARTIFACT_DIR)
@@ -213,10 +227,11 @@ def register_model(
             client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
             raise
         client.set_terminated(run_id)
-        _ensure_registered(client, name)
+        _ensure_registered(client, name, journal)
         mv = client.create_model_version(
             name, source=f"runs:/{run_id}/{ARTIFACT_DIR}", run_id=run_id, tags=dict(tags or {})
         )
+        journal.add(f"version {mv.version} of {name}", lambda: client.delete_model_version(name, str(mv.version)))
     return RegisteredVersion(mv.name, str(mv.version), mv.source, run_id)
 
 
@@ -235,12 +250,13 @@ def _staged_model(p: Path) -> Iterator[Path]:
         yield staged
 
 
-def _check_name(name: str) -> None:
+def check_model_name(name: str) -> None:
+    """A registered model name: non-empty, without ``/`` or ``@`` (checked before any work)."""
     if not name or not str(name).strip() or "/" in name or "@" in name:
         raise CompatError(f"registered model name {name!r}: expected a non-empty name without '/' or '@'")
 
 
-def _ensure_registered(client, name: str) -> None:
+def _ensure_registered(client, name: str, journal: Journal) -> None:
     from mlflow.exceptions import MlflowException
 
     try:
@@ -249,6 +265,7 @@ def _ensure_registered(client, name: str) -> None:
         if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
         client.create_registered_model(name)
+        journal.add(f"registered model {name}", lambda: client.delete_registered_model(name))
 
 
 def _current(client, name: str, alias: str) -> str | None:
@@ -287,34 +304,86 @@ def promote(
             raises, nothing moves (the gallery ledger records there, :mod:`compat.gate.ledger`).
 
     Returns:
-        What moved.
+        What moved. If a step fails (or Ctrl-C arrives), the steps already made are undone, so the
+        registry is left as it was; :func:`undo_promotion` takes a finished promotion back.
     """
     from compat.tracking import PARAM_VALUE_MAX, metric_key
 
-    _check_name(name)
+    check_model_name(name)
     client = _client(tracking_uri)
     tags = {metric_key(k): str(v)[:PARAM_VALUE_MAX] for k, v in (tags or {}).items()}
-    if is_model_uri(str(candidate)):
-        found = resolve_model_uri(str(candidate), tracking_uri=client.tracking_uri)
+    journal = Journal()
+    try:
+        version = _candidate_version(client, name, candidate, tags, journal)
+        if on_version is not None:
+            _restorable_tags(client, name, version, journal)  # what on_version tags is taken back with the rest
+            on_version(version)
         with _registry_errors(f"registered model {name!r}"):
-            if found.name == name:
-                version = found.version
-                for key, value in tags.items():
-                    client.set_model_version_tag(name, version, key, value)
-            else:
-                _ensure_registered(client, name)
-                version = str(
-                    client.create_model_version(
-                        name, source=found.source, run_id=found.run_id, tags={"compat.copied_from": found.uri, **tags}
-                    ).version
-                )
-    else:
-        version = register_model(candidate, name, tags=tags, tracking_uri=client.tracking_uri).version
-    if on_version is not None:
-        on_version(version)
+            before = _current(client, name, alias)
+            if before is not None and before != version:
+                _move_alias(client, name, previous_alias, before, journal)
+            _move_alias(client, name, alias, version, journal)
+    except BaseException:
+        journal.undo()
+        raise
+    return Promotion(name, version, alias, before if before != version else None, journal)
+
+
+def _candidate_version(client, name: str, candidate: str | os.PathLike[str], tags: dict[str, str],
+                       journal: Journal) -> str:
+    """The version of ``name`` that holds ``candidate``: registered, copied in, or (the same model's
+    version) tagged; each change recorded in ``journal``."""
+    if not is_model_uri(str(candidate)):
+        from compat.models import load_model
+
+        load_model(candidate)  # raises CompatError unless it is a loadable compat model file
+        return _register(client, Path(candidate), name, tags=tags, experiment=None, journal=journal).version
+    found = resolve_model_uri(str(candidate), tracking_uri=client.tracking_uri)
     with _registry_errors(f"registered model {name!r}"):
-        before = _current(client, name, alias)
-        if before is not None and before != version:
-            client.set_registered_model_alias(name, previous_alias, before)
-        client.set_registered_model_alias(name, alias, version)
-    return Promotion(name, version, alias, before if before != version else None)
+        if found.name != name:
+            _ensure_registered(client, name, journal)
+            version = str(client.create_model_version(
+                name, source=found.source, run_id=found.run_id, tags={"compat.copied_from": found.uri, **tags}
+            ).version)
+            journal.add(f"version {version} of {name}", lambda: client.delete_model_version(name, version))
+            return version
+        old_tags = dict(client.get_model_version(name, found.version).tags)
+        for key, value in tags.items():
+            client.set_model_version_tag(name, found.version, key, value)
+            journal.add(f"tag {key}", lambda k=key: (
+                client.set_model_version_tag(name, found.version, k, old_tags[k]) if k in old_tags
+                else client.delete_model_version_tag(name, found.version, k)))
+        return found.version
+
+
+def _restorable_tags(client, name: str, version: str, journal: Journal) -> None:
+    """Record how to put the version's tags back as they are now."""
+    with _registry_errors(f"registered model {name!r}"):
+        before = dict(client.get_model_version(name, version).tags)
+
+    def restore() -> None:
+        now = dict(client.get_model_version(name, version).tags)
+        for key in now.keys() - before.keys():
+            client.delete_model_version_tag(name, version, key)
+        for key, value in before.items():
+            if now.get(key) != value:
+                client.set_model_version_tag(name, version, key, value)
+
+    journal.add(f"tags of version {version}", restore)
+
+
+def _move_alias(client, name: str, alias: str, version: str, journal: Journal) -> None:
+    """Point ``alias`` at ``version``, recording how to point it back (or remove it)."""
+    held = _current(client, name, alias)
+    client.set_registered_model_alias(name, alias, version)
+    journal.add(f"alias {alias}", lambda: (client.set_registered_model_alias(name, alias, held) if held is not None
+                                           else client.delete_registered_model_alias(name, alias)))
+
+
+def undo_promotion(promotion: Promotion) -> list[str]:
+    """Take a promotion back: aliases as they were, a version registered or copied for it deleted.
+
+    Returns:
+        What could not be undone (empty when the registry is as it was before :func:`promote`).
+    """
+    return promotion.journal.undo() if promotion.journal is not None else []

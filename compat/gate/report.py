@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -12,9 +11,10 @@ from compat._atomic import write_all_or_nothing
 from compat.errors import CompatError
 from compat.gate.decide import CheckResult, GateVerdict
 from compat.gate.policy import Bound, CheckKind
+from compat.jsontext import report_json
 from compat.markdown import escape
 
-__all__ = ["JSON_NAME", "MARKDOWN_NAME", "append_step_summary", "render_markdown", "write_reports"]
+__all__ = ["JSON_NAME", "MARKDOWN_NAME", "append_step_summary", "remove_reports", "render_markdown", "write_reports"]
 
 JSON_NAME = "gate.json"
 MARKDOWN_NAME = "gate.md"
@@ -26,6 +26,8 @@ def _fmt(check: CheckResult, x: float | None, *, bound: str = "") -> str:
         return {"low": "-inf", "high": "+inf"}.get(bound, "n/a")
     if check.kind is CheckKind.UPDATE_GAIN:
         return f"{x:.3f}"
+    if check.kind is CheckKind.NEGATIVE_FLIPS:
+        return f"{100 * x:.2f}%"
     return f"{100 * x:+.2f} pp"
 
 
@@ -80,10 +82,14 @@ def render_markdown(verdict: GateVerdict, promotion: Mapping[str, Any] | None = 
             continue
         cells = ", ".join(f"M({m.query}, {m.gallery}) = {100 * m.value:.2f}" for m in c.cells)
         text = f"- **{escape(c.name)}** ({c.kind.value}, {c.n_queries} paired queries): {escape(cells)}"
+        if c.index is not None:
+            recall = ", ".join(f"{cell} {'n/a' if r is None else f'{100 * r:.2f}'}" for cell, r in c.recall.items())
+            text += f"; through the index {escape(c.index.label())} (recall@{c.index.k}: {escape(recall)})"
         if c.note:
             text += f"; {escape(c.note)}"
         lines.append(text)
     lines += ["", "M(q, g): queries of model q against the gallery of model g, in percent."]
+    lines += [f"\n**Warning:** {escape(w)}" for w in verdict.warnings]
     if promotion:
         lines += [
             "",
@@ -116,11 +122,21 @@ def write_reports(
     try:
         out.mkdir(parents=True, exist_ok=True)
         return write_all_or_nothing(out, {
-            JSON_NAME: lambda p: p.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8"),
+            JSON_NAME: lambda p: p.write_text(report_json(document), encoding="utf-8"),
             MARKDOWN_NAME: lambda p: p.write_text(render_markdown(verdict, promotion), encoding="utf-8"),
         })
     except OSError as exc:
         raise CompatError(f"--out {out}: cannot write the gate reports ({exc})") from None
+
+
+def remove_reports(out_dir: str | os.PathLike[str]) -> None:
+    """Remove ``gate.json`` and ``gate.md`` from ``out_dir``: a run that fails must not leave an earlier
+    run's verdict behind as if it were its own (a CI step reading ``gate.json`` would see "passed")."""
+    for name in (JSON_NAME, MARKDOWN_NAME):
+        try:
+            (Path(out_dir) / name).unlink(missing_ok=True)
+        except OSError:  # --out is not a directory, or not writable: no verdict of ours can be there
+            pass
 
 
 def append_step_summary(markdown: str, environ: Mapping[str, str] | None = None) -> Path | None:

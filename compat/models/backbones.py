@@ -56,7 +56,12 @@ def build_backbone(name: str, **kwargs: Any) -> nn.Module:
 
     Returns:
         Module mapping (N, C, H, W) images to (N, out_dim) features, with an ``out_dim`` attribute.
+        ``timm:NAME`` builds a timm model (:mod:`compat.models.timm_backbone`).
     """
+    if str(name).startswith("timm:"):
+        from compat.models.timm_backbone import timm_backbone
+
+        return timm_backbone(str(name)[len("timm:"):], **kwargs)
     builder = BACKBONES.get(name)
     params = inspect.signature(builder).parameters
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):

@@ -23,6 +23,8 @@ from compat.retrieval.knn import (
 from compat.retrieval.metrics import Metric, MetricKind, RetrievalResult, parse_metrics
 from compat.retrieval.precision import Precision, check_precision
 from compat.retrieval.protocols import leave_one_out, pair_verification, template_identification
+from compat.retrieval.qrels import Qrels
+from compat.retrieval.query_gallery import Exclude, query_gallery
 from compat.retrieval.sampling import sample_queries
 
 __all__ = ["DEFAULT_FOLDS", "DEFAULT_METRICS", "DEFAULT_PAIRS", "Protocol", "RetrievalEvaluator"]
@@ -35,12 +37,14 @@ DEFAULT_FOLDS = 10
 
 class Protocol(str, Enum):
     LOO = "loo"
+    QUERY_GALLERY = "query-gallery"
     TEMPLATE = "template"
     PAIRS = "pairs"
 
 
 _ALLOWED = {
-    Protocol.LOO: {MetricKind.CMC, MetricKind.MAP, MetricKind.MAP_AT_R},
+    Protocol.LOO: {MetricKind.CMC, MetricKind.MAP, MetricKind.MAP_AT_R, MetricKind.MAP_AT_K},
+    Protocol.QUERY_GALLERY: {MetricKind.CMC, MetricKind.MAP, MetricKind.MAP_AT_R},
     Protocol.TEMPLATE: {MetricKind.CMC, MetricKind.MAP},
     Protocol.PAIRS: {MetricKind.ACC},
 }
@@ -50,9 +54,10 @@ class RetrievalEvaluator:
     """Evaluates query features against gallery features under one protocol.
 
     Args:
-        metrics: names such as ``cmc@1``, ``cmc@5``, ``map``, ``map@r`` (loo); ``cmc@k``, ``map``
-            (template); ``acc`` (pairs). ``None``: ``cmc@1, cmc@5, map`` or ``acc`` for pairs.
-        protocol: ``loo`` (default), ``template`` or ``pairs``.
+        metrics: names such as ``cmc@1``, ``cmc@5``, ``map``, ``map@r`` (loo, query-gallery), ``map@10``
+            (loo); ``cmc@k``, ``map`` (template); ``acc`` (pairs). ``None``: ``cmc@1, cmc@5, map`` or
+            ``acc`` for pairs.
+        protocol: ``loo`` (default), ``query-gallery``, ``template`` or ``pairs``.
         similarity: ``cosine`` (default) or ``l2``.
         backend: ``auto``, ``torch`` or ``faiss`` for the top-k search.
         device: ``auto``, ``cpu`` or ``cuda``.
@@ -69,7 +74,10 @@ class RetrievalEvaluator:
             :mod:`compat.retrieval.precision`). Full-ranking metrics count ranks on float32 scores.
         dist: under torchrun, the ranks share each leave-one-out gallery (:mod:`compat.retrieval.sharding`)
             and every rank returns the same result; template and pair cells are computed whole on
-            every rank.
+            every rank; the query-gallery protocol runs in one process only.
+        exclude: ``query-gallery`` only: ``same-group`` ignores the gallery items that would be
+            positives and share the query's group (re-identification); ``none`` (default).
+        qrels: ``query-gallery`` only: a relevance file replacing label relevance.
 
     Example:
         >>> ev = RetrievalEvaluator(metrics=("cmc@1", "map"))
@@ -94,6 +102,8 @@ class RetrievalEvaluator:
         query_sample: int | None = None,
         search_precision: Precision | str = Precision.FP32,
         dist: DistributedContext | None = None,
+        exclude: Exclude | str = Exclude.NONE,
+        qrels: Qrels | None = None,
     ):
         self.protocol: Protocol = parse_choice(Protocol, protocol, "protocol")
         if metrics is None:
@@ -102,7 +112,8 @@ class RetrievalEvaluator:
         for m in self.metrics:
             if m.kind not in _ALLOWED[self.protocol]:
                 allowed = ", ".join(
-                    sorted(k.value + ("@K" if k is MetricKind.CMC else "") for k in _ALLOWED[self.protocol])
+                    sorted({MetricKind.CMC: "cmc@K", MetricKind.MAP_AT_K: "map@K"}.get(k, k.value)
+                           for k in _ALLOWED[self.protocol])
                 )
                 raise CompatError(
                     f"metric: {m.name!r} is not defined for protocol {self.protocol.value!r}; expected {allowed}"
@@ -113,16 +124,28 @@ class RetrievalEvaluator:
         self.memory_budget = parse_memory_budget(memory_budget)
         if pairs < 1 or folds < 2:
             raise CompatError(f"pairs/folds: need pairs >= 1 and folds >= 2, got {pairs} and {folds}")
+        if self.protocol is Protocol.PAIRS and folds > 2 * pairs:
+            raise CompatError(f"folds: {folds} folds need at least {folds} pairs in all, but {pairs} positive and "
+                              f"{pairs} negative pairs are {2 * pairs}; an empty fold has no accuracy")
         self.pairs, self.folds, self.seed = pairs, folds, seed
         self.threads = threads or _default_threads()
         self.progress = progress
         if query_sample is not None and (query_sample < 1 or self.protocol is Protocol.PAIRS):
-            raise CompatError(f"query_sample: expected a positive number of queries for protocol loo or template, "
+            raise CompatError(f"query_sample: expected a positive number of queries for protocol loo, "
+                              f"query-gallery or template, "
                               f"got {query_sample} with protocol {self.protocol.value!r}")
         self.query_sample = query_sample
         self.search_precision = parse_choice(Precision, search_precision, "search_precision")
         check_precision(self.search_precision, self.similarity is Similarity.L2, self.backend is Backend.TORCH)
         self.dist = dist or DistributedContext.single()
+        if self.dist.enabled and self.protocol is Protocol.QUERY_GALLERY:
+            raise CompatError(f"protocol: query-gallery runs in one process, not over {self.dist.world_size} "
+                              "torchrun ranks; run it without torchrun")
+        self.exclude: Exclude = parse_choice(Exclude, exclude, "exclude")
+        self.qrels = qrels
+        if (self.exclude is not Exclude.NONE or qrels is not None) and self.protocol is not Protocol.QUERY_GALLERY:
+            option = "--qrels" if qrels is not None else "--exclude"
+            raise CompatError(f"{option}: needs the query-gallery protocol, not {self.protocol.value!r}")
 
     @property
     def metric_names(self) -> tuple[str, ...]:
@@ -134,7 +157,8 @@ class RetrievalEvaluator:
         if query.dim != gallery.dim:
             raise CompatError(f"{where}: feature sizes differ ({query.dim} vs {gallery.dim}); use a dimension policy")
         return self.evaluate_arrays(
-            query.features, query.labels, query.ids, gallery.features, gallery.labels, gallery.ids, where=where
+            query.features, query.labels, query.ids, gallery.features, gallery.labels, gallery.ids, where=where,
+            query_groups=query.groups, gallery_groups=gallery.groups,
         )
 
     def evaluate_arrays(
@@ -147,17 +171,29 @@ class RetrievalEvaluator:
         gallery_ids: np.ndarray,
         *,
         where: str = "cell",
+        query_groups: np.ndarray | None = None,
+        gallery_groups: np.ndarray | None = None,
     ) -> RetrievalResult:
-        """Evaluate arrays directly: (Nq, D) / (Nq,) / (Nq,) against (Ng, D) / (Ng,) / (Ng,)."""
+        """Evaluate arrays directly: (Nq, D) / (Nq,) / (Nq,) against (Ng, D) / (Ng,) / (Ng,); groups
+        (Nq,) / (Ng,) for the query-gallery protocol's ``same-group`` exclusion."""
         if self.query_sample is not None and self.query_sample < len(query_ids):
             rows = sample_queries(query_labels, query_ids, self.query_sample, seed=self.seed)
             sub = self.evaluate_arrays(np.asarray(query[rows]), query_labels[rows], query_ids[rows], gallery,
-                                       gallery_labels, gallery_ids, where=where)
+                                       gallery_labels, gallery_ids, where=where, gallery_groups=gallery_groups,
+                                       query_groups=None if query_groups is None else query_groups[rows])
             return _expanded(sub, rows, len(query_ids))
         if self.similarity is Similarity.COSINE:
             _check_nonzero(query, f"{where} (queries)")
             _check_nonzero(gallery, f"{where} (gallery)")
+        else:
+            _check_l2_range(query, f"{where} (queries)")
+            _check_l2_range(gallery, f"{where} (gallery)")
         cell = (query, query_labels, query_ids, gallery, gallery_labels, gallery_ids, self.metrics)
+        if self.protocol is Protocol.QUERY_GALLERY:
+            return query_gallery(*cell, query_groups=query_groups, gallery_groups=gallery_groups,
+                                 exclude=self.exclude, qrels=self.qrels, similarity=self.similarity,
+                                 backend=self.backend.value, device=self.device, memory_budget=self.memory_budget,
+                                 threads=self.threads, where=where, progress=self.progress)
         if self.protocol is Protocol.LOO:
             return leave_one_out(*cell, similarity=self.similarity, backend=self.backend.value, device=self.device,
                                  memory_budget=self.memory_budget, threads=self.threads, where=where,
@@ -178,7 +214,11 @@ def _expanded(sub: RetrievalResult, rows: np.ndarray, n: int) -> RetrievalResult
         per_query[name] = full
     counted = np.zeros(n, dtype=bool)
     counted[rows] = sub.counted
-    return replace(sub, per_query=per_query, counted=counted, sampled_from=n)
+    top1 = hit1 = None
+    if sub.top1 is not None:
+        top1, hit1 = np.full(n, -1, dtype=np.int64), np.zeros(n, dtype=bool)
+        top1[rows], hit1[rows] = sub.top1, sub.hit1
+    return replace(sub, per_query=per_query, counted=counted, sampled_from=n, top1=top1, hit1=hit1)
 
 
 def _default_threads() -> int:
@@ -199,3 +239,20 @@ def _check_nonzero(x: np.ndarray, where: str, rows: int = 1 << 16) -> None:
                 f"{where}: feature row {s + int(np.flatnonzero(zero)[0])} is all zeros; "
                 "cosine similarity needs non-zero features"
             )
+
+
+# Under l2 the backends score in float32: a squared distance must stay far below float32's largest
+# value (3.4e38), so features are kept within norm 1e18 (cosine normalises any finite row instead).
+_L2_MAX_NORM = 1e18
+
+
+def _check_l2_range(x: np.ndarray, where: str, rows: int = 1 << 16) -> None:
+    """Squared L2 distances of these features must not overflow float32 (a bound: largest |value| x sqrt(D))."""
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        return
+    largest = max(max(abs(float(b.max())), abs(float(b.min()))) for b in (x[s : s + rows] for s in range(0, len(x), rows)))
+    if largest * np.sqrt(x.shape[1]) > _L2_MAX_NORM:
+        raise CompatError(
+            f"{where}: a feature value of magnitude {largest:.3g}; --similarity l2 scores squared distances in "
+            f"float32 and needs |value| x sqrt(D) below {_L2_MAX_NORM:g} (rescale the features, or use cosine)"
+        )

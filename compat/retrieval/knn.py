@@ -24,6 +24,7 @@ from compat.choices import parse_choice
 from compat.device import resolve_device
 from compat.errors import CompatError
 from compat.progress import progress as progress_bar
+from compat.retrieval.normalize import unit_rows
 from compat.retrieval.precision import Precision, check_precision, extra_bound, reduced_scores
 from compat.sharded import release
 
@@ -128,12 +129,10 @@ def _plan(n_query: int, n_gallery: int, dim: int, k: int, budget: int) -> _Plan:
 
 
 def prepare(block: np.ndarray, similarity: Similarity) -> np.ndarray:
-    """float32 copy ready for scoring: L2-normalised rows for cosine, unchanged for L2."""
+    """float32 copy ready for scoring: L2-normalised rows for cosine (any finite values:
+    :func:`compat.retrieval.normalize.unit_rows`), unchanged for L2."""
     x = np.ascontiguousarray(block, dtype=np.float32)
-    if similarity is Similarity.COSINE:
-        norms = np.linalg.norm(x, axis=1, keepdims=True)
-        x = x / np.maximum(norms, np.finfo(np.float32).tiny)
-    return x
+    return unit_rows(x) if similarity is Similarity.COSINE else x
 
 
 def as_f64(x: np.ndarray, similarity: Similarity) -> np.ndarray:

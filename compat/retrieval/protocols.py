@@ -20,6 +20,7 @@ from compat.retrieval.metrics import (
     Metric,
     MetricKind,
     RetrievalResult,
+    topk_values,
 )
 from compat.retrieval.precision import Precision
 from compat.retrieval.sharding import full_ranking, ranked_topk
@@ -71,15 +72,19 @@ def _cmc_hits(first_rank: np.ndarray, metrics: tuple[Metric, ...]) -> dict[str, 
     return {m.name: (first_rank <= m.k).astype(np.float64) for m in metrics if m.kind is MetricKind.CMC}
 
 
-def _result(per_query: dict[str, np.ndarray], has_pos: np.ndarray, metrics: tuple[Metric, ...]) -> RetrievalResult:
+def _result(per_query: dict[str, np.ndarray], has_pos: np.ndarray, metrics: tuple[Metric, ...], *,
+            top1: np.ndarray | None = None, hit1: np.ndarray | None = None) -> RetrievalResult:
+    """The cell's means over the queries with a positive; ``None`` (undefined, not 0) when there are none."""
     n_eval = int(has_pos.sum())
-    values = {m.name: (float(per_query[m.name][has_pos].mean()) if n_eval else 0.0) for m in metrics}
+    values = {m.name: (float(per_query[m.name][has_pos].mean()) if n_eval else None) for m in metrics}
     return RetrievalResult(
         values=values,
         n_queries=len(has_pos),
         n_without_positive=len(has_pos) - n_eval,
         per_query={m.name: per_query[m.name] for m in metrics},
         counted=has_pos,
+        top1=top1,
+        hit1=None if hit1 is None else hit1 & has_pos,
     )
 
 
@@ -108,7 +113,7 @@ def leave_one_out(
         query, gallery: (Nq, D), (Ng, D) features (the gallery may be memory-mapped or sharded).
         query_labels, gallery_labels: (Nq,), (Ng,) int64.
         query_ids, gallery_ids: item ids; every query id must be in the gallery.
-        metrics: any of cmc@k, map, map@r.
+        metrics: any of cmc@k, map, map@r, map@k.
         progress: a bar over the query chunks on a terminal.
         dist: under torchrun, every rank searches its part of the gallery and the ranks' exact
             results are merged (:mod:`compat.retrieval.sharding`); every rank returns the result.
@@ -123,17 +128,17 @@ def leave_one_out(
     n_pos = np.array([counts.get(int(c), 0) for c in query_labels], dtype=np.int64)
     n_pos -= (gallery_labels[exclude] == query_labels).astype(np.int64)
     has_pos = n_pos > 0
-    cmc = [m for m in metrics if m.kind is MetricKind.CMC]
-    kmax = max((m.k for m in cmc), default=1)
+    kmax = max((m.k for m in metrics if m.from_top_k), default=1)
     per_query: dict[str, np.ndarray] = {m.name: np.zeros(len(query)) for m in metrics}
     search = {"similarity": similarity, "device": device, "memory_budget": memory_budget, "progress": progress}
     if any(m.needs_full_ranking for m in metrics):
-        full_ranking(query, query_labels, gallery, gallery_labels, members, exclude, metrics, per_query, dist=dist,
-                     threads=threads, **search)
-        return _result(per_query, has_pos, metrics)
-    idx = ranked_topk(query, gallery, kmax, exclude=exclude, dist=dist, backend=backend, precision=precision, **search)
-    per_query.update(_cmc_hits(first_positive(idx, gallery_labels, query_labels), metrics))
-    return _result(per_query, has_pos, metrics)
+        idx = full_ranking(query, query_labels, gallery, members, exclude, per_query, kmax, dist=dist, threads=threads, **search)
+    else:
+        idx = ranked_topk(query, gallery, kmax, exclude=exclude, dist=dist, backend=backend, precision=precision,
+                          **search)
+    first = first_positive(idx, gallery_labels, query_labels)
+    per_query.update(topk_values(idx, gallery_labels, query_labels, n_pos, metrics))
+    return _result(per_query, has_pos, metrics, top1=idx[:, 0].copy(), hit1=first == 1)
 
 
 def first_positive(idx: np.ndarray, gallery_labels: np.ndarray, query_labels: np.ndarray) -> np.ndarray:
@@ -175,6 +180,7 @@ def template_identification(
     q_class = np.searchsorted(classes, query_labels)
     known = (q_class < len(classes)) & (classes[np.minimum(q_class, len(classes) - 1)] == query_labels)
     per_query = {m.name: np.zeros(len(query)) for m in metrics}
+    top1 = np.full(len(query), -1, dtype=np.int64)
     has_pos = known.copy()
     q_rows = max(1, min(len(query), memory_budget // (8 * (len(classes) + 2 * query.shape[1]))))
     for s in range(0, len(query), q_rows):
@@ -196,7 +202,9 @@ def template_identification(
         rank = (better + 1).astype(np.float64)
         for m in metrics:
             per_query[m.name][r] = (rank <= m.k) if m.kind is MetricKind.CMC else 1.0 / rank
-    return _result(per_query, has_pos, metrics)
+        top1[r] = np.argmax(scores, axis=1)  # the first maximum: ties to the lower class label
+    hit1 = (top1 == np.minimum(q_class, len(classes) - 1)) & known
+    return _result(per_query, has_pos, metrics, top1=top1, hit1=hit1)
 
 
 def _finish_templates(means: np.ndarray, similarity: Similarity) -> np.ndarray:
@@ -249,6 +257,8 @@ def sample_pairs(
 def kfold_threshold_accuracy(scores: np.ndarray, same: np.ndarray, *, folds: int = 10, seed: int = 0) -> float:
     """Verification accuracy: for each fold, the threshold that maximises accuracy on the other
     folds (a pair is called 'same' when its score is above it) is scored on the fold; the mean."""
+    if not 2 <= folds <= len(scores):
+        raise CompatError(f"folds: expected 2 <= folds <= {len(scores)} (the number of pairs), got {folds}")
     rng = np.random.default_rng(seed)
     perm = rng.permutation(len(scores))
     parts = np.array_split(perm, folds)

@@ -23,11 +23,10 @@ from compat.distributed import DistributedContext
 from compat.retrieval.exact_ranks import Positives
 from compat.retrieval.full_ranking import rank_chunks
 from compat.retrieval.knn import Similarity, knn, score_f64
-from compat.retrieval.metrics import Metric, MetricKind
 from compat.retrieval.precision import Precision
 from compat.sharded import ShardedArray, partition_rows, release
 
-__all__ = ["full_ranking", "local_part", "merge_topk", "ranked_topk"]
+__all__ = ["full_ranking", "local_part", "merge_topk", "precisions_from_ranks", "ranked_topk"]
 
 # Float64 positive features gathered at a time while scoring positives.
 _GATHER_BYTES = 64 << 20
@@ -105,15 +104,14 @@ def _local_positives(rows: range, query, query_labels: np.ndarray, exclude: np.n
     return owner_a, index_a, score
 
 
-def full_ranking(query, query_labels: np.ndarray, gallery, gallery_labels: np.ndarray, members: dict[int, np.ndarray],
-                 exclude: np.ndarray, metrics: tuple[Metric, ...], per_query: dict[str, np.ndarray], *,
+def full_ranking(query, query_labels: np.ndarray, gallery, members: dict[int, np.ndarray], exclude: np.ndarray,
+                 per_query: dict[str, np.ndarray], kmax: int, *,
                  dist: DistributedContext, similarity: Similarity, device: str, memory_budget: int, threads: int,
-                 progress: bool) -> None:
-    """Fill ``per_query`` (CMC hits, AP, AP@R) for every query, from exact top-k and exact ranks."""
-    from compat.retrieval.protocols import first_positive
-
-    kmax = max((m.k for m in metrics if m.kind is MetricKind.CMC), default=1)
+                 progress: bool) -> np.ndarray:
+    """Fill ``per_query`` (AP, AP@R) for every query from exact ranks; return the (Nq, kmax) global
+    indices of the exact top-kmax over the whole gallery."""
     offset, part = local_part(gallery, dist)
+    top = np.full((len(query), kmax), -1, dtype=np.int64)
 
     def positives_of(rows: range, with_scores: bool) -> Positives:
         owner, index, score = _local_positives(rows, query, query_labels, exclude, members, part, offset, similarity,
@@ -127,20 +125,17 @@ def full_ranking(query, query_labels: np.ndarray, gallery, gallery_labels: np.nd
                              memory_budget=memory_budget, offset=offset, positives_per_query=mean_positives,
                              threads=threads, progress=progress and dist.is_main, row_scores=not dist.enabled):
         rows = np.arange(chunk.start, chunk.start + len(chunk.top_i))
-        _, top_i = _gathered_topk(dist, chunk.top_s, chunk.top_i, kmax)
-        first = first_positive(top_i, gallery_labels, query_labels[rows])
-        for m in metrics:
-            if m.kind is MetricKind.CMC:
-                per_query[m.name][rows] = (first <= m.k).astype(np.float64)
+        top[rows] = _gathered_topk(dist, chunk.top_s, chunk.top_i, kmax)[1]
         ranks = 1 + dist.all_reduce_sum(chunk.above)
-        ap, ap_r = _precisions(chunk.positives, ranks)
+        ap, ap_r = precisions_from_ranks(chunk.positives, ranks)
         if "map" in per_query:
             per_query["map"][rows] = ap
         if "map@r" in per_query:
             per_query["map@r"][rows] = ap_r
+    return top
 
 
-def _precisions(positives: Positives, ranks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def precisions_from_ranks(positives: Positives, ranks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per query: AP (mean over positives of j / rank_j) and AP@R (only ranks <= R count); 0 without positives."""
     ptr = positives.ptr
     sizes = np.diff(ptr)

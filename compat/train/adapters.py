@@ -5,7 +5,9 @@ lists, the stage trains ``B`` and ``F`` on the two models' features of the train
 the adapter, and evaluates the chain with it on the evaluation split. Layout under ``out``::
 
     out/features/train/v0.npz            training-split features (reused while model.pt is unchanged)
-    out/adapters/v1-v0-perp.npz          one adapter file per pair and backward adapter
+    out/adapters/v1-v0-perp.npz          one adapter file per pair and backward adapter (its meta records
+                                         the digests of the two model files; reused under --resume only
+                                         with the same settings and model files)
     out/adapters/perp/compat.json, ...   the chain evaluated with that adapter (compat.md, compat.png,
                                          backfill.png)
     out/adapters/summary.json, summary.md  every adapter's cells and backfill areas side by side
@@ -13,13 +15,12 @@ the adapter, and evaluates the chain with it on the evaluation split. Layout und
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from compat._atomic import atomic_path
+from compat._atomic import write_all_or_nothing
 from compat.adapters.adapter import Adapter
 from compat.adapters.evaluate import AdaptedChainReport, evaluate_with_adapters
 from compat.adapters.fit import AdapterConfig, fit_adapter
@@ -29,6 +30,7 @@ from compat.compatibility.matrix import Version
 from compat.data import dataset_ids, dataset_labels
 from compat.errors import CompatError
 from compat.features import FeatureSet, load_features, save_features
+from compat.jsontext import report_json
 from compat.models.extract import extract_features, file_digest
 from compat.models.io import load_model
 from compat.tracking import TrainingTracker
@@ -154,10 +156,10 @@ def run_adapter_stage(recipe: Recipe, versions: list[str] | tuple[str, ...], *, 
                       for (n, o), a in adapters.items()}
             tracker.log_evaluation(adapted.report, files, inputs=inputs, run_name=f"adapters-{label}")
     summary = summarize_adapters(reports)
-    json_path, md_path = out / "adapters" / "summary.json", out / "adapters" / "summary.md"
-    for path, text in ((json_path, json.dumps(summary, indent=2) + "\n"), (md_path, render_adapter_summary(summary))):
-        with atomic_path(path) as tmp:
-            tmp.write_text(text, encoding="utf-8")
+    json_path, md_path = write_all_or_nothing(out / "adapters", {
+        "summary.json": lambda p: p.write_text(report_json(summary), encoding="utf-8"),
+        "summary.md": lambda p: p.write_text(render_adapter_summary(summary), encoding="utf-8"),
+    })
     return AdapterStageResult(reports, json_path, md_path)
 
 
@@ -166,18 +168,22 @@ def _adapter(out: Path, label: str, cfg: AdapterConfig, pair: tuple[str, str], t
     """The adapter of ``pair`` under ``out/adapters``: reused when resuming with the same settings, else trained."""
     new, old = pair
     path = out / "adapters" / f"{new}-{old}-{label}.npz"
+    models = {"new": train[new].meta.get("checkpoint"), "old": train[old].meta.get("checkpoint")}
     adapter = load_adapter(path) if resume and path.is_file() else None
-    if adapter is not None and not _same_training(adapter, cfg):
-        logger.info("%s: trained with other settings; training it again", path)
+    if adapter is not None and not _same_training(adapter, cfg, models):
+        logger.info("%s: trained with other settings or on other model files; training it again", path)
         adapter = None
     if adapter is None:
         logger.info("training adapter %s for %s -> %s", label, new, old)
         adapter = fit_adapter(train[new], train[old], cfg, new_version=new, old_version=old, device=device,
                               progress=progress)
+        info = replace(adapter.info, training={**adapter.info.training, "models": models})
+        adapter = replace(adapter, info=info)
         save_adapter(adapter, path)
     return adapter
 
 
-def _same_training(adapter: Adapter, cfg: AdapterConfig) -> bool:
+def _same_training(adapter: Adapter, cfg: AdapterConfig, models: dict[str, str | None]) -> bool:
+    """The stored adapter was trained with ``cfg`` on the features of these model files (their digests)."""
     stored = adapter.info.training
-    return all(stored.get(k) == v for k, v in cfg.to_json().items())
+    return all(stored.get(k) == v for k, v in cfg.to_json().items()) and stored.get("models") == models

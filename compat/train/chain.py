@@ -31,19 +31,23 @@ import numpy as np
 import torch
 import yaml
 
+from compat._atomic import atomic_path
+from compat._files import check_output_dir
 from compat.compatibility.matrix import CompatibilityReport
 from compat.distributed import DistributedContext
+from compat.errors import CompatError
 from compat.features import save_features
 from compat.methods import Method, build_method
 from compat.models import EmbeddingModel, build_model
 from compat.models.extract import embed_dataset, extract_features, file_digest
-from compat.models.io import load_model, save_model
+from compat.models.io import read_model_file, save_model
 from compat.tracking import TrainingTracker
-from compat.train.checkpoint import seed_everything
+from compat.train.checkpoint import rng_state, seed_everything, set_rng_state
 from compat.train.config import Recipe
 from compat.train.data import RecipeData
 from compat.train.loop import EpochStats, train_version
-from compat.train.plan import VersionPlan, initial_model, model_spec, plan_versions
+from compat.train.plan import VersionPlan, check_init_checkpoints, initial_model, model_spec, plan_versions
+from compat.train.resume import check_run_dir, check_same_training
 
 __all__ = ["ChainResult", "ChainRun", "TrainedVersion", "train_chain"]
 
@@ -139,15 +143,25 @@ def _start(recipe: Recipe, *, out: Path, device: str, data_root: str | None, res
     """Distributed context, seed, data, plans, the output directory and its ``recipe.yaml``, tracking."""
     from compat.tracking import tracking_enabled
 
+    check_output_dir(out)  # before any work: a run whose output cannot be written is never started
+    if resume:
+        check_run_dir(out, recipe.resolved())  # every file it may reuse, before recipe.yaml is written again
     dist = DistributedContext.from_env(device)
     device = dist.device(device)
     seed_everything(recipe.seed)
     data = RecipeData.build(recipe, data_root)
     plans = plan_versions(recipe, data.labels, data.pool)
-    build_method(recipe.method.name, **recipe.method.options)  # fail on a bad option before training anything
+    method = build_method(recipe.method.name, **recipe.method.options)  # fail on a bad option before training
+    check_init_checkpoints(recipe, data.num_classes, method.head)
+    if recipe.adapters is not None:
+        from compat.train.adapters import adapter_configs, adapter_pairs
+
+        adapter_configs(recipe)  # a bad adapter setting or pair fails before training
+        adapter_pairs(recipe, [p.name for p in plans])
     out.mkdir(parents=True, exist_ok=True)
     if dist.is_main:
-        (out / "recipe.yaml").write_text(yaml.safe_dump(recipe.resolved(), sort_keys=False), encoding="utf-8")
+        with atomic_path(out / "recipe.yaml") as tmp:
+            tmp.write_text(yaml.safe_dump(recipe.resolved(), sort_keys=False), encoding="utf-8")
     tracker = TrainingTracker(tracking_enabled(track) and dist.is_main, experiment=experiment)
     tracker.start(recipe.name, recipe.resolved())
     return ChainRun(recipe, out, device, dist, data, plans, tracker, resume, progress)
@@ -222,9 +236,10 @@ def _fit(run: ChainRun, model: EmbeddingModel, method: Method, name: str, spec: 
     when resuming and it is already there."""
     vdir = run.out / name
     model_path = vdir / "model.pt"
+    training = {"recipe": run.recipe.resolved(), **extra}
     if run.resume and model_path.is_file():
         logger.info("%s: already trained, loading it", model_path)
-        return load_model(model_path, device=run.device)
+        return _reuse(model_path, training, run.device)
 
     def log_epoch(stats: EpochStats) -> None:
         if log_epochs:
@@ -233,12 +248,37 @@ def _fit(run: ChainRun, model: EmbeddingModel, method: Method, name: str, spec: 
 
     train_version(model, method, dataset=run.data.train, new_indices=plan.new_indices, memory_indices=memory_indices,
                   old_model=old_model, cfg=run.recipe.train, seed=seed, device=run.device,
-                  checkpoint_path=vdir / "checkpoint.pt", resume=run.resume,
-                  extra_state={"recipe": run.recipe.resolved(), **extra}, num_workers=run.recipe.data.num_workers,
-                  dist=run.dist, on_epoch=log_epoch, progress=run.progress, cached=cached)
+                  checkpoint_path=vdir / "checkpoint.pt", resume=run.resume, extra_state=training,
+                  num_workers=run.recipe.data.num_workers, dist=run.dist, on_epoch=log_epoch, progress=run.progress,
+                  cached=cached)
     if run.dist.is_main:
-        save_model(model_path, model, spec, compatible_dim=compatible_dim)
+        # The RNG state at the end of training goes with the weights: a resumed run that reuses this
+        # file continues from the state an uninterrupted run had here (exact resume).
+        save_model(model_path, model, spec, compatible_dim=compatible_dim, training={**training, "rng": rng_state()})
     run.dist.barrier()
+    return model
+
+
+def _reuse(model_path: Path, training: dict[str, Any], device: str) -> EmbeddingModel:
+    """A finished model of this recipe, with the RNG states its training ended with.
+
+    Raises:
+        CompatError: the file was trained under another recipe (the first differing key is named),
+            or records no training settings (written before compat recorded them).
+    """
+    model, info = read_model_file(model_path, device=device)
+    stored = info["meta"].get("training")
+    if not isinstance(stored, dict) or "rng" not in stored:
+        raise CompatError(f"{model_path}: records no training settings, so --resume cannot tell whether this recipe "
+                          "trained it; train into a new --out")
+    check_same_training(stored.get("recipe"), training["recipe"], model_path)
+    for key, value in training.items():
+        if key != "recipe" and stored.get(key) != value:
+            raise CompatError(f"{model_path}: field '{key}' is {stored.get(key)!r}, expected {value!r} for this run")
+    try:
+        set_rng_state(stored["rng"])
+    except (RuntimeError, TypeError, ValueError, KeyError) as exc:
+        raise CompatError(f"{model_path}: meta field training.rng is not an RNG state ({exc})") from None
     return model
 
 

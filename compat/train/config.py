@@ -1,7 +1,8 @@
 """Recipes: one YAML file = one complete experiment, validated into frozen config objects.
 
-Unknown keys and wrong types are errors that name the key; ``null`` means "the default". The
-resolved recipe (a plain dict, :meth:`Recipe.resolved`) is what is logged and saved in checkpoints.
+Unknown keys and wrong types are errors that name the key: values are never coerced (``epochs: "3"``,
+``seed: true`` and ``epochs: 2.0`` are errors; an integer is accepted where a number is), and sizes,
+counts and rates are checked against their range. ``null`` means "the default". The resolved recipe (a plain dict, :meth:`Recipe.resolved`) is what is logged and saved in checkpoints.
 ``--set train.epochs=2`` style overrides are applied to the YAML before validation.
 """
 
@@ -19,6 +20,7 @@ from compat.compatibility.cell import DimPolicy
 from compat.configfile import read_yaml_mapping, validate_model
 from compat.errors import CompatError
 from compat.retrieval.evaluator import DEFAULT_METRICS, Protocol
+from compat.retrieval.index import IndexSpec
 from compat.retrieval.knn import DEFAULT_MEMORY_BUDGET, Backend, Similarity
 
 __all__ = [
@@ -37,7 +39,7 @@ __all__ = [
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class DataConfig(_Strict):
@@ -60,10 +62,10 @@ class DataConfig(_Strict):
     fractions: list[float] = Field(default_factory=lambda: [0.1, 1.0])
     initial: int = 5
     increment: int = 5
-    num_versions: int | None = None
+    num_versions: int | None = Field(default=None, ge=1)
     eval_split: Literal["test", "train", "val"] = "test"
     val_fraction: float = 0.1
-    num_workers: int = 0
+    num_workers: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
@@ -81,8 +83,8 @@ class DataConfig(_Strict):
 class ModelConfig(_Strict):
     backbone: str = "smallcnn"
     backbone_kwargs: dict[str, Any] = Field(default_factory=dict)
-    feature_dim: int | None = None
-    num_vertices: int | None = None
+    feature_dim: int | None = Field(default=None, ge=1)
+    num_vertices: int | None = Field(default=None, ge=2)
     orthogonal_map: Literal["matrix_exp", "cayley", "householder"] = "matrix_exp"
 
 
@@ -90,7 +92,7 @@ class MethodConfig(_Strict):
     name: str = "independent"
     options: dict[str, Any] = Field(default_factory=dict)
     init: Literal["scratch", "previous"] | None = None
-    rehearsal_per_class: int = 0
+    rehearsal_per_class: int = Field(default=0, ge=0)
 
 
 class VersionConfig(_Strict):
@@ -100,30 +102,24 @@ class VersionConfig(_Strict):
     init_checkpoint: str | None = None
     backbone: str | None = None
     backbone_kwargs: dict[str, Any] | None = None
-    feature_dim: int | None = None
-    to_add_dim: int | None = None
+    feature_dim: int | None = Field(default=None, ge=1)
+    to_add_dim: int | None = Field(default=None, ge=1)
 
 
 class TrainConfig(_Strict):
-    epochs: int = 1
-    batch_size: int = 128
+    epochs: int = Field(default=1, ge=1)
+    batch_size: int = Field(default=128, ge=2)
     optimizer: Literal["sgd", "adam"] = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    lr: float = Field(default=0.1, gt=0)
+    momentum: float = Field(default=0.9, ge=0)
+    weight_decay: float = Field(default=5e-4, ge=0)
     schedule: Literal["multistep", "cosine", "constant"] = "cosine"
     milestones: list[int] = Field(default_factory=list)
-    gamma: float = 0.1
-    warmup_epochs: float = 0.0
+    gamma: float = Field(default=0.1, gt=0)
+    warmup_epochs: float = Field(default=0.0, ge=0)
     amp: bool = False
-    grad_clip: float | None = None
-    eval_batch_size: int = 512
-
-    @model_validator(mode="after")
-    def _check(self) -> TrainConfig:
-        if self.epochs < 1 or self.batch_size < 2 or self.lr <= 0:
-            raise ValueError("epochs >= 1, batch_size >= 2 and lr > 0 are required")
-        return self
+    grad_clip: float | None = Field(default=None, gt=0)
+    eval_batch_size: int = Field(default=512, ge=1)
 
 
 class EvalConfig(_Strict):
@@ -132,16 +128,19 @@ class EvalConfig(_Strict):
     ``backend`` and ``memory_budget`` change how fast and in how much memory, never the numbers.
     ``independent_reference``: also train an independent model on the newest version's data (same
     backbone and schedule) and report the update gain against it; methods with a teacher (BT^2)
-    always have one.
+    always have one. ``index``: also evaluate the chain through each gallery's approximate index
+    (``{factory: IVF64,PQ8, nprobe: 8}``), so the run records exact and ANN compatibility together.
     """
 
-    protocol: Protocol = Protocol.LOO
+    # Enums are read from their YAML text (the one place a str becomes another type).
+    protocol: Protocol = Field(default=Protocol.LOO, strict=False)
     metrics: list[str] = Field(default_factory=lambda: list(DEFAULT_METRICS))
-    similarity: Similarity = Similarity.COSINE
-    dim_policy: DimPolicy = DimPolicy.ERROR
-    backend: Backend = Backend.AUTO
+    similarity: Similarity = Field(default=Similarity.COSINE, strict=False)
+    dim_policy: DimPolicy = Field(default=DimPolicy.ERROR, strict=False)
+    backend: Backend = Field(default=Backend.AUTO, strict=False)
     memory_budget: str = DEFAULT_MEMORY_BUDGET
     independent_reference: bool = False
+    index: IndexSpec | None = None
 
     @field_validator("memory_budget")
     @classmethod
@@ -151,13 +150,21 @@ class EvalConfig(_Strict):
         parse_memory_budget(value)  # a CompatError is a ValueError: pydantic reports it with the key
         return value
 
+    @field_validator("protocol")
+    @classmethod
+    def _one_split(cls, value: Protocol) -> Protocol:
+        if value is Protocol.QUERY_GALLERY:  # refused before training, not after
+            raise ValueError("a recipe evaluates one split (loo, template or pairs); query-gallery needs separate "
+                             "query and gallery sets: extract them and run compat eval --protocol query-gallery")
+        return value
+
 
 class AdapterSpec(_Strict):
     """One backward adapter to train: ``perp``, ``lambda`` (radius ``lam``) or ``procrustes``."""
 
     kind: Literal["perp", "lambda", "procrustes"] = "perp"
     name: str | None = None
-    lam: float | None = None
+    lam: float | None = Field(default=None, ge=0, allow_inf_nan=True)  # a radius; .inf: unconstrained
     init: Literal["procrustes", "identity"] | None = None
 
 
@@ -171,22 +178,22 @@ class AdaptersConfig(_Strict):
     pairs: list[str] | None = None
     backward: list[AdapterSpec] = Field(default_factory=lambda: [AdapterSpec()])
     forward: Literal["mlp", "affine", "none"] | None = None
-    hidden: int | None = None
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    w_forward: float | None = None
-    w_backward: float | None = None
-    w_contrastive: float | None = None
-    temperature: float | None = None
-    alpha: float | None = None
+    hidden: int | None = Field(default=None, ge=1)
+    epochs: int | None = Field(default=None, ge=1)
+    batch_size: int | None = Field(default=None, ge=2)
+    lr: float | None = Field(default=None, gt=0)
+    w_forward: float | None = Field(default=None, ge=0)
+    w_backward: float | None = Field(default=None, ge=0)
+    w_contrastive: float | None = Field(default=None, ge=0)
+    temperature: float | None = Field(default=None, gt=0)
+    alpha: float | None = Field(default=None, gt=0)
     backfill: list[Literal["random", "farthest", "uncertainty"]] = Field(default_factory=list)
-    backfill_points: int = DEFAULT_BACKFILL_POINTS
+    backfill_points: int = Field(default=DEFAULT_BACKFILL_POINTS, ge=2)
 
 
 class Recipe(_Strict):
     name: str
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, lt=2**32)
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     method: MethodConfig = Field(default_factory=MethodConfig)

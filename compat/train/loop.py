@@ -22,12 +22,14 @@ import torch
 from torch import nn
 
 from compat.distributed import DistributedContext
+from compat.errors import CompatError
 from compat.methods.base import Method
 from compat.models.io import load_checkpoint, save_checkpoint
 from compat.progress import progress as progress_bar
 from compat.train.checkpoint import rng_state, set_rng_state
 from compat.train.config import TrainConfig
 from compat.train.optim import build_optimizer, build_scheduler
+from compat.train.resume import check_same_training
 from compat.train.step import backward_step
 
 __all__ = ["EpochStats", "plan_batches", "train_version"]
@@ -135,7 +137,9 @@ def train_version(
             p.requires_grad_(False)
     opt = _optimisation(model, cfg, new_indices, memory_indices, seed=seed, world_size=dist.world_size, device=device)
     train_model = dist.wrap(model)
-    start_epoch = _resume(checkpoint_path, model, opt, device) if resume and checkpoint_path.is_file() else 0
+    start_epoch = 0
+    if resume and checkpoint_path.is_file():
+        start_epoch = _resume(checkpoint_path, model, opt, device, expected=extra_state or {})
     step = _Step(method, old_model, cached or {}, torch.from_numpy(np.asarray(memory_indices, dtype=np.int64)),
                  opt, cfg, device, list(model.parameters()))
     for epoch in range(start_epoch, cfg.epochs):
@@ -171,17 +175,40 @@ def _optimisation(model: nn.Module, cfg: TrainConfig, new_indices: np.ndarray, m
     return _Optimisation(optimizer, scheduler, scaler, steps)
 
 
-def _resume(path: Path, model: nn.Module, opt: _Optimisation, device: str) -> int:
-    """Load the last epoch's state from ``path``; returns the epoch to continue from."""
+def _resume(path: Path, model: nn.Module, opt: _Optimisation, device: str, *, expected: dict) -> int:
+    """Load the last epoch's state from ``path``; returns the epoch to continue from.
+
+    The checkpoint must have been written for the same training: ``expected`` (what this run stores
+    as ``extra_state``: the resolved recipe, the version) is compared with what it holds, and the
+    model, optimiser, schedule and RNG states must fit (another architecture, a missing optimiser
+    state: a :class:`CompatError` naming the field, never a traceback).
+    """
     state = load_checkpoint(path, map_location=device)
-    model.load_state_dict(state["model"])
-    opt.optimizer.load_state_dict(state["optimizer"])
-    opt.scheduler.load_state_dict(state["scheduler"])
+    missing = [k for k in ("model", "optimizer", "scheduler", "epoch", "rng") if not isinstance(state, dict)
+               or k not in state]
+    if missing:
+        raise CompatError(f"{path}: not a training checkpoint (no '{missing[0]}'); --resume needs the model, "
+                          "optimiser, schedule, epoch and RNG states that compat train writes")
+    for key, value in expected.items():
+        if key == "recipe":
+            check_same_training(state.get("recipe"), value, path)
+        elif state.get(key) != value:
+            raise CompatError(f"{path}: field '{key}' is {state.get(key)!r}, expected {value!r} for this run")
+    epoch = state["epoch"]
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise CompatError(f"{path}: field 'epoch' must be a non-negative integer, got {epoch!r}")
+    steps = [("model", model.load_state_dict), ("optimizer", opt.optimizer.load_state_dict),
+             ("scheduler", opt.scheduler.load_state_dict), ("rng", set_rng_state)]
     if opt.scaler is not None and state.get("scaler"):
-        opt.scaler.load_state_dict(state["scaler"])
-    set_rng_state(state["rng"])
-    logger.info("resumed %s at epoch %d", path, int(state["epoch"]) + 1)
-    return int(state["epoch"]) + 1
+        steps.append(("scaler", opt.scaler.load_state_dict))
+    for key, load in steps:
+        try:
+            load(state[key])
+        except (RuntimeError, TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise CompatError(f"{path}: field '{key}' does not fit this run's {key} ({first})") from None
+    logger.info("resumed %s at epoch %d", path, epoch + 1)
+    return epoch + 1
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from compat.models import EmbeddingModel, build_model
 from compat.models.io import load_checkpoint
 from compat.train.config import Recipe
 
-__all__ = ["VersionPlan", "initial_model", "model_spec", "plan_versions"]
+__all__ = ["VersionPlan", "check_init_checkpoints", "initial_model", "model_spec", "plan_versions"]
 
 logger = logging.getLogger(__name__)
 
@@ -115,13 +115,38 @@ def initial_model(recipe: Recipe, index: int, spec: dict[str, Any], previous: Em
     model = build_model(**spec)
     override = recipe.versions[index] if index < len(recipe.versions) else None
     if override is not None and override.init_checkpoint:
-        state = load_checkpoint(override.init_checkpoint)
-        weights = state.get("model", state)
-        missing, unexpected = model.load_state_dict(weights, strict=False)
-        if unexpected:
-            raise CompatError(f"{override.init_checkpoint}: unexpected weights {unexpected[:3]} for {spec['backbone']}")
+        missing = _load_init(model, override.init_checkpoint, index)
         logger.info("v%d starts from %s (missing: %s)", index, override.init_checkpoint, missing)
         return model.to(device)
     if (recipe.method.init or init) == "previous" and previous is not None and spec == previous_spec:
         model.load_state_dict(previous.state_dict())
     return model.to(device)
+
+
+def check_init_checkpoints(recipe: Recipe, num_classes: int, head: str) -> None:
+    """Every ``versions[t].init_checkpoint`` is a readable checkpoint whose weights fit version t's
+    model, checked before the first version trains (not after the versions before it)."""
+    for index, override in enumerate(recipe.versions):
+        if override.init_checkpoint:
+            _load_init(build_model(**model_spec(recipe, index, num_classes, head)), override.init_checkpoint, index)
+
+
+def _load_init(model: EmbeddingModel, path: str, index: int) -> list[str]:
+    """Load the weights of checkpoint ``path`` (a state dict, or a file with one under ``model``) into
+    ``model``, where they fit by name; returns the names of the model's weights it does not hold."""
+    where = f"versions.{index}.init_checkpoint {path}"
+    try:
+        state = load_checkpoint(path)
+    except CompatError as exc:
+        raise CompatError(f"versions.{index}.init_checkpoint: {exc}") from None
+    weights = state.get("model", state) if isinstance(state, dict) else state
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise CompatError(f"{where}: expected a state dict (parameter names to tensors), or a file with one under 'model'")
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except (RuntimeError, TypeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CompatError(f"{where}: the weights do not fit version {index}'s model ({first})") from None
+    if unexpected:
+        raise CompatError(f"{where}: unexpected weights {unexpected[:3]} for version {index}'s model")
+    return list(missing)

@@ -113,12 +113,15 @@ def run_ok(out: Path, *args: str | Path) -> dict:
     assert (out / "compat.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "reports written to" in result.stdout
     assert result.stderr == ""
-    assert sorted(p.name for p in out.iterdir()) == sorted(REPORT_FILES)  # no temporary left behind
-    return json.loads((out / "compat.json").read_text(encoding="utf-8"))
+    doc = json.loads((out / "compat.json").read_text(encoding="utf-8"))
+    flips = () if doc["flips"] is None else ("flips.csv",)  # every protocol but pairs ranks items
+    assert sorted(p.name for p in out.iterdir()) == sorted(REPORT_FILES + flips)  # no temporary left behind
+    return doc
 
 
 def check_schema(doc: dict, names: list[str], protocol: str, metrics: list[str]) -> None:
-    assert set(doc) == {"versions", "protocol", "metrics", "summary", "queries", "ranks", "query_sample"}
+    assert set(doc) == {"versions", "protocol", "metrics", "summary", "queries", "ranks", "query_sample", "flips",
+                        "classes", "warnings"}
     assert doc["versions"] == names
     assert doc["protocol"] == protocol
     assert list(doc["metrics"]) == metrics

@@ -43,8 +43,9 @@ def sizes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def _all_cells_policy(tmp: Path) -> Path:
     """Every metric's compatibility and improvement checks: their cells are new/old, old/old, new/new."""
-    checks = [f"  - {{kind: {k}, metric: '{m}', threshold: -1.0, required: false}}"
-              for m in METRICS for k in ("compatibility", "improvement")]
+    cells = [(m, k) for m in METRICS for k in ("compatibility", "improvement")]
+    checks = [f"  - {{kind: {k}, metric: '{m}', threshold: -1.0, required: {'true' if i == 0 else 'false'}}}"
+              for i, (m, k) in enumerate(cells)]  # a policy needs a required check
     path = tmp / "policy.yaml"
     path.write_text("checks:\n" + "\n".join(checks) + "\n", encoding="utf-8")
     return path
@@ -68,7 +69,7 @@ def test_the_same_files_give_the_same_cells_through_eval_gate_and_adapters(sizes
                  for m in METRICS}
 
     gate = runner.invoke(cli, ["gate", "--old", str(sizes["old"]), "--new", str(sizes["new"]), "--policy",
-                               str(_all_cells_policy(tmp_path)), "--n-resamples", "50", "--out", str(tmp_path / "g")])
+                               str(_all_cells_policy(tmp_path)), "--n-resamples", "100", "--out", str(tmp_path / "g")])
     assert gate.exit_code == 0, gate.output
     checks = json.loads((tmp_path / "g" / "gate.json").read_text(encoding="utf-8"))["checks"]
     from_gate: dict[str, dict[str, float]] = {m: {} for m in METRICS}

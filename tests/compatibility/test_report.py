@@ -97,6 +97,9 @@ def test_compat_json_matches_design_schema_for_three_versions(tmp_path: Path) ->
         ],
         "ranks": 1,
         "query_sample": None,
+        "flips": None,  # a report built by hand carries no per-query results
+        "classes": None,
+        "warnings": [],
     }
     assert_same(doc, expected)
 
@@ -115,6 +118,9 @@ def test_compat_json_for_a_single_version_has_nulls(tmp_path: Path) -> None:
         "queries": [[{"n": 100, "without_positive": 0}]],
         "ranks": 1,
         "query_sample": None,
+        "flips": None,
+        "classes": None,
+        "warnings": [],
     }
     assert_same(doc, expected)
 
@@ -123,7 +129,8 @@ def test_extra_json_keys_are_merged_at_top_level(tmp_path: Path) -> None:
     write_reports(chain1(), tmp_path, extra_json={"dim_policy": "truncate"})
     doc = json.loads((tmp_path / "compat.json").read_text())
     assert doc["dim_policy"] == "truncate"
-    assert list(doc) == ["versions", "protocol", "metrics", "summary", "queries", "ranks", "query_sample", "dim_policy"]
+    assert list(doc) == ["versions", "protocol", "metrics", "summary", "queries", "ranks", "query_sample", "flips",
+                         "classes", "warnings", "dim_policy"]
 
 
 def test_markdown_shows_percent_and_compatibility_marks() -> None:

@@ -64,7 +64,7 @@ def test_ledger_round_trip_status_and_refusal(models, tmp_path, registry) -> Non
     client = registry
     adapter = _identity_adapter(tmp_path / "b.npz")
     always = policy_file(tmp_path, ALWAYS)
-    common = ["--dataset", "mnist-mini", "--n-resamples", 50, "--policy", always]
+    common = ["--dataset", "mnist-mini", "--n-resamples", 100, "--policy", always]
     old_space, new_space = file_digest(models["m0"]), file_digest(models["m1"])
 
     # m1 with an adapter, gated against m0's gallery: the first promotion starts the ledger in m0's space.

@@ -315,7 +315,7 @@ def test_bct_across_an_architecture_change(tmp_path):
     policy = tmp_path / "policy.yaml"
     policy.write_text("checks: [{kind: compatibility, metric: cmc@1, threshold: -1.0}]\n", encoding="utf-8")
     result = CliRunner().invoke(cli, ["gate", "--old", str(out / "v0" / "model.pt"), "--new", str(out / "v1" / "model.pt"),
-                                      "--dataset", "mnist-mini", "--policy", str(policy), "--n-resamples", "50",
+                                      "--dataset", "mnist-mini", "--policy", str(policy), "--n-resamples", "100",
                                       "--out", str(tmp_path / "gate"), "--quiet"])
     assert result.exit_code == 0, result.output
     cells = json.loads((tmp_path / "gate" / "gate.json").read_text())["checks"][0]["cells"]

@@ -97,3 +97,8 @@ def test_extract_command_writes_a_sharded_set_and_skips_complete_shards(tmp_path
     assert (tmp_path / "s" / "shard-00001" / "features.npy").stat().st_mtime_ns == stamp
     bad = CliRunner().invoke(cli, [*args[:6], str(tmp_path / "x.npz"), *args[7:]])
     assert bad.exit_code == 2 and "directory" in bad.stderr
+    external = CliRunner().invoke(cli, ["extract", "--model", "torchscript:m.pt", "--trust-model-code", "--data",
+                                        "mnist-mini", "--out", str(tmp_path / "t"), "--shard-rows", "400",
+                                        "--image-size", "28", "--mean", "0.5", "--std", "0.5", "--quiet"])
+    assert external.exit_code == 2 and len(external.stderr.strip().splitlines()) == 1
+    assert "a sharded extraction (--shard-rows or torchrun) takes a compat model file" in external.stderr

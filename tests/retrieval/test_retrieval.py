@@ -97,7 +97,8 @@ def test_metric_names_parse_and_reject():
     assert parse_metric("cmc@5").k == 5
     assert parse_metric("MAP").name == "map"
     assert parse_metric("map@r").name == "map@r"
-    for bad in ("cmc@0", "cmc", "foo", "map@5"):
+    assert parse_metric("map@10").name == "map@10" and parse_metric("map@10").k == 10
+    for bad in ("cmc@0", "cmc", "foo", "map@0", "map@x"):
         with pytest.raises(CompatError, match="metric"):
             parse_metric(bad)
 

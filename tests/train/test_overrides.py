@@ -55,3 +55,13 @@ def test_cli_index_out_of_range_exits_2_naming_the_key(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "versions.5" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_a_recipe_refuses_the_query_gallery_protocol_before_training(tmp_path):
+    from compat.errors import CompatError
+    from compat.train import load_recipe
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("eval: {protocol: query-gallery}\n", encoding="utf-8")
+    with pytest.raises(CompatError, match="eval.protocol: .*query-gallery needs separate query and gallery sets"):
+        load_recipe(recipe)

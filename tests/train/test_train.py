@@ -312,9 +312,10 @@ def test_validation_run_trains_and_evaluates_on_disjoint_training_images(tmp_pat
     assert not set(ids[trained_on]) & set(v1.ids)
 
 
-def test_training_logs_nested_mlflow_runs(tmp_path, tmp_mlflow):
+def test_training_logs_nested_mlflow_runs(tmp_path, tmp_mlflow, monkeypatch):
     import mlflow
 
+    monkeypatch.chdir(tmp_path)  # the store's artifacts go to ./mlruns
     recipe = _write(tmp_path / "tiny.yaml", TINY.replace("fractions: [0.05, 0.1]", "fractions: [0.02, 0.04]"))
     result = CliRunner().invoke(cli, ["train", str(recipe), "--out", str(tmp_path / "run"), "--device", "cpu",
                                       "--quiet", "--track", "--experiment", "t"])
