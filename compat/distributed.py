@@ -152,11 +152,12 @@ class DistributedContext:
                 return part.tobytes().decode("utf-8")
         return None
 
-    def agree(self, fn: Callable[[], T]) -> T:
+    def agree(self, fn: Callable[[], T], *, close: bool = True) -> T:
         """``fn()`` on every rank; a :class:`CompatError` on any rank is raised on all of them.
 
         For steps that check input (loading feature sets): a rank that finds bad input would
-        otherwise leave the others waiting in their next collective.
+        otherwise leave the others waiting in their next collective. With ``close`` (commands, which
+        then exit) the process group is destroyed before raising; a library caller keeps it.
         """
         try:
             result, message = fn(), None
@@ -164,6 +165,7 @@ class DistributedContext:
             result, message = None, str(exc)
         message = self.first_error(message)
         if message is not None:
-            self.close()
+            if close:
+                self.close()
             raise CompatError(message)
         return result

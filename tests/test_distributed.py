@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from compat.distributed import DistributedContext
+from compat.errors import CompatError
 from compat.features import load_features
 from compat.manifest import read_manifest
 from compat.retrieval import RetrievalEvaluator
@@ -45,6 +46,14 @@ def _on_each_rank(dist: DistributedContext, out: str, model: str) -> None:
         r = ev.evaluate_arrays(x[:150], labels[:150], ids[:150], gallery, labels, ids)
         results.append({"values": r.values, "per_query": {k: v.tolist() for k, v in r.per_query.items()},
                         "counted": r.counted.tolist()})
+    zero = x.copy()
+    zero[290] = 0  # in the last shard: the rank holding it finds it, every rank raises its message
+    try:
+        RetrievalEvaluator(METRICS, device="cpu", dist=dist).evaluate_arrays(
+            x[:150], labels[:150], ids[:150], ShardedArray(np.split(zero, np.cumsum(SHARDS)[:-1])), labels, ids)
+        results.append({"error": None})
+    except CompatError as exc:
+        results.append({"error": str(exc)})
     Path(f"{out}/eval.{dist.rank}.json").write_text(json.dumps(results))
     extract_mnist_mini(Path(model), Path(out) / "features", dist)
 
@@ -68,6 +77,13 @@ def test_leave_one_out_on_ranks_is_the_single_process_result(ranks):
             for name, values in one.per_query.items():
                 assert got["per_query"][name] == values.tolist(), name
             assert got["counted"] == one.counted.tolist()
+
+
+def test_a_zero_row_on_one_rank_stops_every_rank_with_its_global_row(ranks):
+    world, out = ranks
+    for rank in range(world):
+        got = json.loads((out / f"eval.{rank}.json").read_text())[-1]
+        assert got["error"] == "cell (gallery): feature row 290 is all zeros; cosine similarity needs non-zero features"
 
 
 def test_extraction_on_ranks_writes_the_single_process_shards(ranks, model_file, tmp_path):  # noqa: F811

@@ -26,6 +26,7 @@ from compat.retrieval.protocols import leave_one_out, pair_verification, templat
 from compat.retrieval.qrels import Qrels
 from compat.retrieval.query_gallery import Exclude, query_gallery
 from compat.retrieval.sampling import sample_queries
+from compat.retrieval.sharding import local_part
 
 __all__ = ["DEFAULT_FOLDS", "DEFAULT_METRICS", "DEFAULT_PAIRS", "Protocol", "RetrievalEvaluator"]
 
@@ -147,6 +148,14 @@ class RetrievalEvaluator:
             option = "--qrels" if qrels is not None else "--exclude"
             raise CompatError(f"{option}: needs the query-gallery protocol, not {self.protocol.value!r}")
 
+    def _check_rows(self, query, gallery, where: str) -> None:
+        """Rows the similarity can score; a gallery shared between ranks (loo) is checked by each rank
+        on its own part only, so no rank reads the whole gallery for it."""
+        offset, part = local_part(gallery, self.dist) if self.protocol is Protocol.LOO else (0, gallery)
+        check = _check_nonzero if self.similarity is Similarity.COSINE else _check_l2_range
+        check(query, f"{where} (queries)")
+        check(part, f"{where} (gallery)", offset=offset)
+
     @property
     def metric_names(self) -> tuple[str, ...]:
         return tuple(m.name for m in self.metrics)
@@ -182,12 +191,7 @@ class RetrievalEvaluator:
                                        gallery_labels, gallery_ids, where=where, gallery_groups=gallery_groups,
                                        query_groups=None if query_groups is None else query_groups[rows])
             return _expanded(sub, rows, len(query_ids))
-        if self.similarity is Similarity.COSINE:
-            _check_nonzero(query, f"{where} (queries)")
-            _check_nonzero(gallery, f"{where} (gallery)")
-        else:
-            _check_l2_range(query, f"{where} (queries)")
-            _check_l2_range(gallery, f"{where} (gallery)")
+        self.dist.agree(lambda: self._check_rows(query, gallery, where), close=False)
         cell = (query, query_labels, query_ids, gallery, gallery_labels, gallery_ids, self.metrics)
         if self.protocol is Protocol.QUERY_GALLERY:
             return query_gallery(*cell, query_groups=query_groups, gallery_groups=gallery_groups,
@@ -230,13 +234,13 @@ def _default_threads() -> int:
         return max(1, (os.cpu_count() or 1))
 
 
-def _check_nonzero(x: np.ndarray, where: str, rows: int = 1 << 16) -> None:
-    """Cosine similarity is undefined for an all-zero feature."""
+def _check_nonzero(x: np.ndarray, where: str, rows: int = 1 << 16, offset: int = 0) -> None:
+    """Cosine similarity is undefined for an all-zero feature (rows of ``x`` are rows ``offset..`` of the set)."""
     for s in range(0, len(x), rows):
         zero = ~np.any(x[s : s + rows] != 0, axis=1)
         if zero.any():
             raise CompatError(
-                f"{where}: feature row {s + int(np.flatnonzero(zero)[0])} is all zeros; "
+                f"{where}: feature row {offset + s + int(np.flatnonzero(zero)[0])} is all zeros; "
                 "cosine similarity needs non-zero features"
             )
 
@@ -246,7 +250,7 @@ def _check_nonzero(x: np.ndarray, where: str, rows: int = 1 << 16) -> None:
 _L2_MAX_NORM = 1e18
 
 
-def _check_l2_range(x: np.ndarray, where: str, rows: int = 1 << 16) -> None:
+def _check_l2_range(x: np.ndarray, where: str, rows: int = 1 << 16, offset: int = 0) -> None:
     """Squared L2 distances of these features must not overflow float32 (a bound: largest |value| x sqrt(D))."""
     if x.shape[0] == 0 or x.shape[1] == 0:
         return
