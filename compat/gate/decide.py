@@ -23,9 +23,10 @@ from compat.compatibility.cell import DimPolicy, evaluate_cell
 from compat.compatibility.indexed import GalleryIndexes, IndexSetup, evaluate_index_cell
 from compat.errors import CompatError
 from compat.features import FeatureSet
-from compat.gate.bootstrap import DEFAULT_RESAMPLES, Interval, Statistic, bootstrap_ci, min_resamples
+from compat.gate.bootstrap import DEFAULT_RESAMPLES, Interval, bootstrap_ci, min_resamples
 from compat.gate.policy import CheckKind, CheckSpec, GatePolicy, Rule
-from compat.gate.preflight import INDEPENDENT, NEW, OLD, check_inputs, query_sets, with_index
+from compat.gate.preflight import check_inputs, query_sets, with_index
+from compat.gate.statistics import INDEPENDENT, NEW, OLD, check_cells, negative_flips
 from compat.preprocessing import preprocessing_warnings
 from compat.progress import progress as progress_bar
 from compat.retrieval.evaluator import RetrievalEvaluator
@@ -243,42 +244,6 @@ class _Cells:
         return np.stack(columns, axis=1), np.array(means)
 
 
-def _difference(means: np.ndarray) -> np.ndarray:
-    return means[:, 0] - means[:, 1]
-
-
-def _update_gain(means: np.ndarray) -> np.ndarray:
-    gain, room = means[:, 0] - means[:, 1], means[:, 2] - means[:, 1]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(room > 0, gain / room, np.nan)
-
-
-def _max_drop(means: np.ndarray) -> np.ndarray:
-    return (means[:, 0::2] - means[:, 1::2]).max(axis=1)
-
-
-def _first_column(means: np.ndarray) -> np.ndarray:
-    return means[:, 0]
-
-
-def _negative_flips(columns: np.ndarray) -> np.ndarray:
-    """(N, 1): 1 where the query is right at top-1 under (old, old) (column 1) and wrong under (new, old)."""
-    return (columns[:, 1] * (1.0 - columns[:, 0]))[:, None]
-
-
-def _cells_of(spec: CheckSpec, older: Sequence[str]) -> tuple[list[tuple[str, str]], Statistic]:
-    """The cells a check compares, in the column order its statistic expects."""
-    if spec.kind is CheckKind.COMPATIBILITY:
-        return [(NEW, OLD), (OLD, OLD)], _difference
-    if spec.kind is CheckKind.IMPROVEMENT:
-        return [(NEW, NEW), (OLD, OLD)], _difference
-    if spec.kind is CheckKind.UPDATE_GAIN:
-        return [(NEW, OLD), (OLD, OLD), (INDEPENDENT, INDEPENDENT)], _update_gain
-    if spec.kind is CheckKind.NEGATIVE_FLIPS:
-        return [(NEW, OLD), (OLD, OLD)], _first_column
-    return [cell for g in older for cell in ((OLD, g), (NEW, g))], _max_drop
-
-
 def _decide(spec: CheckSpec, ci: Interval) -> bool:
     """The check's rule on its interval; a ratio that is undefined on the whole sample fails."""
     if not spec.kind.bounds_a_loss and not math.isfinite(ci.value):
@@ -294,13 +259,6 @@ def _inputs(models: dict[str, FeatureSet], queries: dict[str, FeatureSet]) -> di
     """``gate.json``'s inputs: every gallery by label, then the separate query sets (``old.query``)."""
     return {label: _describe(fs) for label, fs in models.items()} | {
         f"{label}.query": _describe(fs) for label, fs in queries.items()}
-
-
-def _check_resamples(n_resamples: int, confidence: float) -> None:
-    fewest = min_resamples(confidence)
-    if n_resamples < fewest:
-        raise CompatError(f"n_resamples: {n_resamples} is too few for {confidence:g} intervals; at least "
-                          f"{fewest} (5 / (1 - confidence)), so that each end rests on more than the extreme draws")
 
 
 def run_gate(
@@ -360,9 +318,7 @@ def run_gate(
         models[INDEPENDENT] = independent
     queries = query_sets(evaluator, models, old_query, new_query, independent_query)
     cells = _Cells(models, evaluator, dims, queries)
-    for spec in checks:  # build every index first: a bad one fails before any check is evaluated
-        for g in dict.fromkeys(g for _, g in _cells_of(spec, older)[0] if g in models and spec.index is not None):
-            cells.index_of(g, spec.index)
+    _build_indexes(cells, checks, older, models)
     results = []
     for spec in progress_bar(checks, desc="gate checks", enabled=progress):
         if spec.kind is CheckKind.UPDATE_GAIN and independent is None:
@@ -390,13 +346,30 @@ def _warnings(models: dict[str, FeatureSet], queries: dict[str, FeatureSet]) -> 
                                          *((f"{k}.query", v.meta) for k, v in queries.items())]))
 
 
+def _check_resamples(n_resamples: int, confidence: float) -> None:
+    fewest = min_resamples(confidence)
+    if n_resamples < fewest:
+        raise CompatError(f"n_resamples: {n_resamples} is too few for {confidence:g} intervals; at least "
+                          f"{fewest} (5 / (1 - confidence)), so that each end rests on more than the extreme draws")
+
+
+def _build_indexes(cells: _Cells, checks: Sequence[CheckSpec], older: Sequence[str],
+                   models: dict[str, FeatureSet]) -> None:
+    """Build every gallery's index before any check runs, so that a bad index fails first."""
+    for spec in checks:
+        if spec.index is None:
+            continue
+        for g in dict.fromkeys(g for _, g in check_cells(spec, older)[0] if g in models):
+            cells.index_of(g, spec.index)
+
+
 def _run_check(
     spec: CheckSpec, cells: _Cells, older: list[str], confidence: float, n_resamples: int, seed: int
 ) -> CheckResult:
-    pairs, statistic = _cells_of(spec, older)
+    pairs, statistic = check_cells(spec, older)
     flips = spec.kind is CheckKind.NEGATIVE_FLIPS
     columns, means = cells.paired(pairs, TOP1 if flips else spec.metric, spec.label, spec.index)
-    sample = _negative_flips(columns) if flips else columns
+    sample = negative_flips(columns) if flips else columns
     ci = bootstrap_ci(sample, statistic, n_resamples=n_resamples, confidence=confidence, seed=seed)
     details: list[dict[str, Any]] = []
     note = ""

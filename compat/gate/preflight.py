@@ -9,13 +9,12 @@ from compat.compatibility.items import check_items, check_labels
 from compat.errors import CompatError
 from compat.features import FeatureSet
 from compat.gate.policy import CheckKind, CheckSpec, GatePolicy
+from compat.gate.statistics import INDEPENDENT, NEW, OLD
 from compat.retrieval.evaluator import Protocol, RetrievalEvaluator
 from compat.retrieval.index import IndexSpec
 from compat.retrieval.metrics import parse_metric
 
-__all__ = ["INDEPENDENT", "NEW", "OLD", "check_inputs", "query_sets", "with_index"]
-
-OLD, NEW, INDEPENDENT = "old", "new", "independent"
+__all__ = ["check_inputs", "query_sets", "with_index"]
 
 
 def with_index(spec: CheckSpec, index: IndexSpec | None) -> CheckSpec:

@@ -98,6 +98,8 @@ def test_sigint_exits_130(chain) -> None:
     script = textwrap.dedent(f"""
         import os, signal, sys, time
         import compat.cli.evaluate as command
+        # Python keeps SIGINT ignored when its parent ignored it (a background job, nohup): a terminal does not.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         def wait(*args, **kwargs):
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(30)
