@@ -17,10 +17,11 @@ time to check ids unique across shards (benchmarks/README.md, "bench_manifest.py
 Peak memory of a phase: ``VmHWM`` at its end minus ``VmRSS`` after the queries are loaded (after
 ``/proc/self/clear_refs``), per process; mapped shard pages count while resident.
 
-``--ids N`` times :func:`compat.manifest.check_unique_ids` on N random int64 ids in 10 shards, with the
-default sort budget and with a tenth of it (the number of sorted runs that 10x the ids would need).
+``--ids N`` times :func:`compat.manifest.check_unique_ids` on N shuffled int64 ids in 10 shards, with the
+default sort budget (1 GiB) and with a tenth of it (more sorted runs spilled to disk).
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_manifest.py --rows 10000000 --dir /tmp/gallery
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_manifest.py --rows 0 --ids 100000000   # the id check only
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def make_gallery(root: Path, rows: int, dim: int, shard_rows: int, queries: int,
     for k, start in enumerate(range(0, rows, shard_rows)):
         n = min(shard_rows, rows - start)
         labels = rng.integers(0, classes, n)
-        x = centres[labels] + np.float32(1.6 / np.sqrt(dim)) * rng.standard_normal((n, dim), dtype=np.float32)
+        x = centres[labels] + np.float32(3.0 / np.sqrt(dim)) * rng.standard_normal((n, dim), dtype=np.float32)
         x /= np.linalg.norm(x, axis=1, keepdims=True)
         name = f"shard-{k:05d}"
         save_features(FeatureSet.from_arrays(x, labels, ids[start : start + n]), root / name)
@@ -148,7 +149,7 @@ def run_phase(phase: str, root: Path, threads: int, ranks: int = 1) -> dict[str,
 def time_id_check(n: int, seed: int) -> list[tuple[str, float, int]]:
     from compat.manifest import DEFAULT_SORT_BUDGET, check_unique_ids
 
-    ids = np.random.default_rng(seed).permutation(np.int64(n) * 5)[:n]
+    ids = np.random.default_rng(seed).permutation(n).astype(np.int64) * 5 + 1
     parts = np.array_split(ids, 10)
     out = []
     for label, budget in (("default budget", DEFAULT_SORT_BUDGET), ("a tenth of it", DEFAULT_SORT_BUDGET // 10)):
@@ -181,6 +182,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.ids:
         for label, seconds, budget in time_id_check(args.ids, args.seed):
             print(f"id check, {args.ids:,} ids in 10 shards, {label} ({budget >> 20} MiB): {seconds:.2f} s", flush=True)
+    if args.rows == 0:  # the id check only
+        return
     if not (args.dir / "manifest.json").exists():
         t0 = time.perf_counter()
         args.dir.mkdir(parents=True, exist_ok=True)
