@@ -1,12 +1,19 @@
-"""Training throughput of each method against ``independent``: same backbone, same batch, same process.
+"""Training throughput: each method against ``independent``, and the trainer against a bare PyTorch loop.
 
-Each method runs the real training step (forward, the frozen old model's forward when the method
-needs one per batch, a lookup of cached old / teacher features when it caches them, its loss,
-backward, optimiser step) on fixed MNIST-shaped batches; methods are
+Methods (the default): each method runs the real training step (forward, the frozen old model's
+forward when the method needs one per batch, a lookup of cached old / teacher features when it
+caches them, its loss, backward, optimiser step) on fixed MNIST-shaped batches; methods are
 interleaved over ``--repeat`` rounds and the best round is kept. Prints images/s and the time ratio
 to ``independent`` (what matters: the cost of compatibility).
 
+``--vs-bare``: one epoch of ``compat.train.loop.train_version`` (the ``independent`` method, its
+batch plan, schedule, statistics and end-of-epoch checkpoint) against the loop below, with the same
+model (same initial weights), dataset (mnist-mini's 5,000 training images through the dataset's
+transforms), batch size and optimiser (SGD, the trainer's settings); interleaved, best of
+``--repeat``. Prints seconds per step of each and their ratio.
+
     PYTHONPATH=. python benchmarks/bench_train.py [--backbone smallcnn] [--batch 128] [--steps 30] [--device cpu]
+    OMP_NUM_THREADS=2 PYTHONPATH=. python benchmarks/bench_train.py --vs-bare --repeat 3
 """
 
 from __future__ import annotations
@@ -18,6 +25,69 @@ import time
 import torch
 
 
+def bare_epoch(model, dataset, batch: int, lr: float, momentum: float, weight_decay: float, seed: int) -> int:
+    """The bare loop: a DataLoader, forward, cross-entropy, backward, step. Returns the steps taken."""
+    import torch.nn.functional as F
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=False,
+                                         generator=torch.Generator().manual_seed(seed))
+    model.train()
+    steps = 0
+    for images, labels in loader:
+        out = model(images)
+        loss = F.cross_entropy(out.logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        steps += 1
+    return steps
+
+
+def vs_bare(args: argparse.Namespace) -> None:
+    """One epoch of the trainer against one epoch of the bare loop (same model, data, batch, optimiser)."""
+    import copy
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+
+    from compat.data import build_dataset
+    from compat.methods import build_method
+    from compat.models import build_model
+    from compat.train.config import TrainConfig
+    from compat.train.loop import train_version
+
+    dataset = build_dataset("mnist-mini", split="train", train_transform=True)
+    cfg = TrainConfig(epochs=1, batch_size=args.batch, schedule="constant")
+    torch.manual_seed(0)
+    initial = build_model(args.backbone, feature_dim=128, head="linear", num_classes=10)
+    best = {"trainer": float("inf"), "bare": float("inf")}
+    steps = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(args.repeat):
+            for name in ("trainer", "bare"):
+                model = copy.deepcopy(initial)
+                start = time.perf_counter()
+                if name == "trainer":
+                    train_version(model, build_method("independent"), dataset=dataset,
+                                  new_indices=np.arange(len(dataset)), memory_indices=np.empty(0, np.int64),
+                                  old_model=None, cfg=cfg, seed=0, device=args.device,
+                                  checkpoint_path=Path(tmp) / "checkpoint.pt", resume=False, progress=False)
+                    steps[name] = -(-len(dataset) // args.batch)
+                else:
+                    steps[name] = bare_epoch(model, dataset, args.batch, cfg.lr, cfg.momentum, cfg.weight_decay, 0)
+                best[name] = min(best[name], time.perf_counter() - start)
+    print(f"backbone {args.backbone}, batch {args.batch}, mnist-mini train ({len(dataset)} images), one epoch, "
+          f"best of {args.repeat}, device {args.device}, torch threads {torch.get_num_threads()}")
+    print("| loop | steps | s per step | images/s | ratio to bare |")
+    print("|---|---:|---:|---:|---:|")
+    for name, t in best.items():
+        per_step = t / steps[name]
+        print(f"| {name} | {steps[name]} | {per_step * 1e3:.1f} ms | {len(dataset) / t:.0f} | "
+              f"{per_step / (best['bare'] / steps['bare']):.3f}x |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="smallcnn")
@@ -27,8 +97,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--image", default="1x28x28", help="CxHxW of the synthetic images")
     parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--vs-bare", action="store_true", help="the trainer against a bare PyTorch loop")
     args = parser.parse_args()
     print("$ python " + " ".join(sys.argv))
+    if args.vs_bare:
+        vs_bare(args)
+        return
 
     from compat.methods import build_method, list_methods
     from compat.models import build_model

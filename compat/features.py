@@ -15,6 +15,9 @@ On disk it is either a ``.npz`` file (always read with ``allow_pickle=False``) o
       groups.npy     int64 (N,), optional
       meta.json      {"model": ..., "version": ..., ...}
 
+or a sharded set: a ``manifest.json`` over several such directories (:mod:`compat.manifest`), whose
+features are memory-mapped shard by shard and seen as one array (:class:`compat.sharded.ShardedArray`).
+
 Writes are atomic: everything is written under a temporary name next to the target and renamed.
 """
 
@@ -35,6 +38,7 @@ from compat._atomic import atomic_path, umask
 from compat._files import input_file, is_input_dir
 from compat._npz import read_npz_member
 from compat.errors import CompatError
+from compat.sharded import ShardedArray
 
 __all__ = ["FeatureSet", "check_finite", "load_features", "read_npz_member", "save_features"]
 
@@ -49,7 +53,8 @@ class FeatureSet:
     """Embeddings of one model version, validated on construction.
 
     Args:
-        features: (N, D) float32; may be a read-only memory map.
+        features: (N, D) float32; may be a read-only memory map, or a :class:`ShardedArray` over the
+            shards of a manifest (whose loader has already checked values and ids shard by shard).
         labels: (N,) int64 class labels.
         ids: (N,) unique item ids (int64 or unicode strings); they match items across versions.
         meta: JSON-serialisable description (model, version, dataset, split, normalized, digest).
@@ -113,7 +118,7 @@ class FeatureSet:
 def _validate(fs: FeatureSet) -> None:
     src = fs.source
     f, labels, ids = fs.features, fs.labels, fs.ids
-    if not isinstance(f, np.ndarray) or f.ndim != 2:
+    if not isinstance(f, np.ndarray | ShardedArray) or f.ndim != 2:
         raise CompatError(f"{src}: field 'features' must be a 2-D array (N x D), got shape {np.shape(f)}")
     if f.dtype != np.float32:
         raise CompatError(f"{src}: field 'features' must be float32, got {f.dtype}")
@@ -130,24 +135,30 @@ def _validate(fs: FeatureSet) -> None:
         raise CompatError(f"{src}: field 'ids' must have shape ({n},), got {np.shape(ids)}")
     if ids.dtype != np.int64 and ids.dtype.kind != "U":
         raise CompatError(f"{src}: field 'ids' must be int64 or unicode strings, got {ids.dtype}")
-    uniq, counts = np.unique(ids, return_counts=True)
-    if len(uniq) != n:
-        first = int(np.flatnonzero(counts > 1)[0])
-        raise CompatError(f"{src}: field 'ids' must be unique; id {uniq[first].item()!r} appears {counts[first]} times")
     groups = fs.groups
     if groups is not None:
         if not isinstance(groups, np.ndarray) or groups.shape != (n,):
             raise CompatError(f"{src}: field 'groups' must have shape ({n},), got {np.shape(groups)}")
         if groups.dtype != np.int64:
             raise CompatError(f"{src}: field 'groups' must be int64, got {groups.dtype}")
-    for start in range(0, n, _SCAN_ROWS):
-        check_finite(f[start : start + _SCAN_ROWS], src, start=start)
+    if not (isinstance(f, ShardedArray) and f.checked):
+        _check_values(f, ids, src)
     if not isinstance(fs.meta, dict):
         raise CompatError(f"{src}: field 'meta' must be a JSON object, got {type(fs.meta).__name__}")
     try:
         json.dumps(fs.meta)
     except (TypeError, ValueError) as exc:
         raise CompatError(f"{src}: field 'meta' is not JSON-serialisable ({exc})") from None
+
+
+def _check_values(f: np.ndarray, ids: np.ndarray, src: str) -> None:
+    """Unique ids and finite features (a sharded set's loader checks them shard by shard instead)."""
+    uniq, counts = np.unique(ids, return_counts=True)
+    if len(uniq) != len(ids):
+        first = int(np.flatnonzero(counts > 1)[0])
+        raise CompatError(f"{src}: field 'ids' must be unique; id {uniq[first].item()!r} appears {counts[first]} times")
+    for start in range(0, len(f), _SCAN_ROWS):
+        check_finite(f[start : start + _SCAN_ROWS], src, start=start)
 
 
 def check_finite(block: np.ndarray, source: str, *, start: int = 0) -> None:
@@ -159,16 +170,24 @@ def check_finite(block: np.ndarray, source: str, *, start: int = 0) -> None:
 
 
 def load_features(path: str | os.PathLike[str]) -> FeatureSet:
-    """Load and validate a feature set from a ``.npz`` file or a ``.npy`` directory (memory-mapped).
+    """Load and validate a feature set from a ``.npz`` file, a ``.npy`` directory (memory-mapped) or a
+    sharded set's manifest (its directory or ``manifest.json``; :func:`compat.manifest.load_manifest`).
 
     Raises:
         CompatError: the path is missing or unreadable, holds a pickle, or fails validation.
     """
     p = Path(path)
+    from compat.manifest import is_manifest, load_manifest
+
     if is_input_dir(p, "feature file or directory"):
+        if is_manifest(p):
+            return load_manifest(p)
         arrays, meta = _load_dir(p)
     else:
-        arrays, meta = _load_npz(input_file(p, "feature file or directory"))
+        f = input_file(p, "feature file or directory")
+        if is_manifest(f):
+            return load_manifest(f)
+        arrays, meta = _load_npz(f)
     return FeatureSet(arrays["features"], arrays["labels"], arrays["ids"], meta, str(p), arrays.get(_OPTIONAL))
 
 

@@ -9,6 +9,10 @@ plain file reads (no memory map, so the process holds one block at a time), chec
 features for NaN and infinity as it goes. Id uniqueness needs a sort of every id; the backfill plan
 checks it with its external sort (:mod:`compat.adapters.plan_order`).
 
+A sharded set (a ``manifest.json`` over ``.npy`` directories, :mod:`compat.manifest`) is opened
+shard by shard, each checked against the manifest (rows, dimension, checksum), and read as one
+sequence of rows: a block that crosses a shard boundary joins the two reads.
+
 A ``.npz`` file cannot be read by rows (numpy reads an archive member whole): it is loaded and
 validated by :func:`compat.features.load_features` and then served in blocks from memory.
 """
@@ -96,6 +100,7 @@ class StoredFeatures:
     meta: dict[str, Any]
     _arrays: dict[str, _Array] | None = field(default=None, repr=False)
     _loaded: FeatureSet | None = field(default=None, repr=False)
+    _parts: tuple[StoredFeatures, ...] = field(default=(), repr=False)
 
     @classmethod
     def in_memory(cls, fs: FeatureSet) -> StoredFeatures:
@@ -110,27 +115,43 @@ class StoredFeatures:
             features: read the features too (an ordering of ids alone does not need them).
         """
         for start in range(0, self.n, rows):
-            count = min(rows, self.n - start)
-            if self._loaded is not None:
-                fs = self._loaded
-                x = fs.features[start : start + count] if features else None
-                yield Block(start, x, fs.labels[start : start + count], fs.ids[start : start + count])
-                continue
-            arrays = self._arrays
-            x = arrays["features"].rows(start, count) if features else None
-            if x is not None:
-                check_finite(x, str(arrays["features"].path), start=start)
-            yield Block(start, x, arrays["labels"].rows(start, count), arrays["ids"].rows(start, count))
+            yield self._read(start, min(rows, self.n - start), features)
+
+    def _read(self, start: int, count: int, features: bool) -> Block:
+        if self._parts:
+            pieces, offset = [], 0
+            for part in self._parts:
+                lo, hi = max(start, offset), min(start + count, offset + part.n)
+                if lo < hi:
+                    pieces.append(part._read(lo - offset, hi - lo, features))
+                offset += part.n
+            x = np.concatenate([b.features for b in pieces]) if features else None
+            return Block(start, x, np.concatenate([b.labels for b in pieces]), np.concatenate([b.ids for b in pieces]))
+        if self._loaded is not None:
+            fs = self._loaded
+            x = fs.features[start : start + count] if features else None
+            return Block(start, x, fs.labels[start : start + count], fs.ids[start : start + count])
+        arrays = self._arrays
+        x = arrays["features"].rows(start, count) if features else None
+        if x is not None:
+            check_finite(x, str(arrays["features"].path), start=start)
+        return Block(start, x, arrays["labels"].rows(start, count), arrays["ids"].rows(start, count))
 
 
 def open_stored(path: str | os.PathLike[str]) -> StoredFeatures:
-    """Open a stored feature set for reading in blocks (a ``.npy`` directory; a ``.npz`` is loaded whole).
+    """Open a stored feature set for reading in blocks (a ``.npy`` directory or a sharded set's manifest;
+    a ``.npz`` is loaded whole).
 
     Raises:
         CompatError: a missing or unreadable file, a wrong dtype or shape, unreadable metadata.
     """
     p = Path(path)
-    if not is_input_dir(p, "feature file or directory"):  # (a FIFO or an unreadable path is refused there)
+    from compat.manifest import is_manifest, open_stored_shards
+
+    directory = is_input_dir(p, "feature file or directory")  # (a FIFO or an unreadable path is refused there)
+    if is_manifest(p):
+        return open_stored_shards(p)
+    if not directory:
         return StoredFeatures.in_memory(load_features(p))
     arrays = {key: _header(p / f"{key}.npy") for key in ("features", "labels", "ids")}
     f, labels, ids = arrays["features"], arrays["labels"], arrays["ids"]

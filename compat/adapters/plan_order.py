@@ -33,9 +33,9 @@ import numpy as np
 
 from compat.adapters.adapter import normalize_rows
 from compat.adapters.config import Ordering
-from compat.adapters.external_sort import ExternalSort
 from compat.adapters.orderings import ClassMeans, ClassSums, order_keys, parse_ordering
 from compat.errors import CompatError
+from compat.external_sort import ExternalSort, first_repeat
 from compat.features import FeatureSet
 from compat.progress import progress as progress_bar
 from compat.stored import Block, StoredFeatures
@@ -142,21 +142,11 @@ class _Sample:
 
 def _check_unique(chunks: Iterator[np.ndarray], source: str) -> None:
     """Raise on the first id that two rows share (the chunks are sorted by id, then row)."""
-
-    def repeated(a: np.ndarray, b: np.ndarray) -> CompatError:
-        return CompatError(f"{source}: field 'ids' must be unique; id {a['key'].item()!r} appears in rows "
-                           f"{int(a['row'])} and {int(b['row'])}")
-
-    previous = None
-    for chunk in chunks:
-        if not len(chunk):
-            continue
-        if previous is not None and chunk["key"][0] == previous["key"]:
-            raise repeated(previous, chunk[0])
-        same = np.flatnonzero(chunk["key"][1:] == chunk["key"][:-1])
-        if len(same):
-            raise repeated(chunk[same[0]], chunk[same[0] + 1])
-        previous = chunk[-1]
+    repeat = first_repeat(chunks)
+    if repeat is not None:
+        a, b = repeat
+        raise CompatError(f"{source}: field 'ids' must be unique; id {a['key'].item()!r} appears in rows "
+                          f"{int(a['row'])} and {int(b['row'])}")
 
 
 def _write_csv(chunks: Iterator[np.ndarray], path: Path, sample_rows: np.ndarray) -> np.ndarray:

@@ -48,7 +48,9 @@ __all__ = ["eval_command"]
               help="Positive (and as many negative) pairs for --protocol pairs.")
 @click.option("--folds", type=click.IntRange(min=2), default=DEFAULT_FOLDS, show_default=True)
 @click.option("--seed", type=options.SEED, default=0, show_default=True,
-              help="Seed of the pair sampler, the random backfill ordering and the index's training sample.")
+              help="Seed of the pair sampler, the query sample, the random backfill ordering and the index's "
+              "training sample.")
+@options.query_sample
 @click.option("--ties-pass", is_flag=True,
               help="Count M(new, old) == M(old, old) as compatible (default: a tie fails).")
 @click.option("--allow-partial", is_flag=True,
@@ -61,31 +63,39 @@ __all__ = ["eval_command"]
 def eval_command(versions: tuple[tuple[str, Path], ...], queries: tuple[tuple[str, Path], ...],
                  adapters: tuple[tuple[str, str, Path], ...], backfill: tuple[str, ...], backfill_points: int,
                  protocol: str, metrics: tuple[str, ...], qrels: Path | None, exclude: str, similarity: str,
-                 dim_policy: str, backend: str, device: str, memory_budget: str, index: options.IndexOptions,
-                 index_files: tuple[tuple[str, Path], ...], index_ids: tuple[tuple[str, Path], ...],
-                 independent: Path | None, independent_query: Path | None, n_pairs: int, folds: int, seed: int,
-                 ties_pass: bool, allow_partial: bool, out: Path, track: bool, experiment: str | None,
+                 dim_policy: str, backend: str, search_precision: str, device: str, memory_budget: str,
+                 index: options.IndexOptions, index_files: tuple[tuple[str, Path], ...],
+                 index_ids: tuple[tuple[str, Path], ...], independent: Path | None, independent_query: Path | None,
+                 n_pairs: int, folds: int, seed: int, query_sample: int | None, ties_pass: bool, allow_partial: bool,
+                 out: Path, track: bool, experiment: str | None,
                  quiet: bool) -> None:
     """Evaluate a chain of versions: every version's queries against every older gallery.
 
     Writes compat.json, compat.md and compat.png under --out (and backfill.png with --backfill).
+    Under torchrun every rank searches its part of each gallery and rank 0 writes the reports.
     """
     from compat._files import check_output_dir
-    from compat.features import load_features
+    from compat.manifest import load_for_rank
     from compat.retrieval.evaluator import RetrievalEvaluator
     from compat.retrieval.qrels import load_qrels
 
-    check_output_dir(out)  # before any work: reports that cannot be written are never computed
+    dist, device = options.rank_context(device)
+    dist.agree(lambda: check_output_dir(out))  # before any work: reports that cannot be written are never computed
     relevance = load_qrels(qrels) if qrels is not None else None
     setup = _index_setup(index, index_files, index_ids, seed)
     if setup is not None:
-        metrics = _with_index(setup, metrics, protocol, adapters or backfill)
+        metrics = _with_index(setup, metrics, protocol, adapters or backfill, dist.world_size, query_sample)
     evaluator = RetrievalEvaluator(metrics or None, protocol=protocol, similarity=similarity, backend=backend,
+                                   search_precision=search_precision,
                                    device=device, memory_budget=memory_budget, pairs=n_pairs, folds=folds, seed=seed,
-                                   progress=not quiet, exclude=exclude, qrels=relevance)
-    chain = _load_chain(versions, queries)
-    reference = load_features(independent) if independent is not None else None
-    reference_query = load_features(independent_query) if independent_query is not None else None
+                                   progress=not quiet and dist.is_main, query_sample=query_sample, dist=dist,
+                                   exclude=exclude, qrels=relevance)
+
+    def load(path: Path | None):
+        return None if path is None else load_for_rank(path, dist.rank, dist.world_size)
+
+    chain = dist.agree(lambda: _load_chain(versions, queries, dist))
+    reference, reference_query = dist.agree(lambda: (load(independent), load(independent_query)))
     if reference_query is not None and reference is None:
         raise CompatError("--independent-query: needs --independent (the independent model's gallery)")
     settings = {"dim_policy": dim_policy, "strict": not ties_pass, "independent": reference,
@@ -94,6 +104,9 @@ def eval_command(versions: tuple[tuple[str, Path], ...], queries: tuple[tuple[st
         report, files = _eval_adapted(chain, evaluator, adapters, backfill, backfill_points, seed, out, settings)
     else:
         report, files = _eval_plain(chain, evaluator, out, settings | {"index": setup})
+    dist.close()
+    if not dist.is_main:
+        return
     for warning in report.warnings:
         click.echo(f"compat: warning: {warning}", err=True)
     click.echo(f"reports written to {out}/")
@@ -106,8 +119,10 @@ def eval_command(versions: tuple[tuple[str, Path], ...], queries: tuple[tuple[st
         click.echo(f"MLflow run {log_evaluation(report, inputs=inputs, files=files, experiment=experiment)}")
 
 
-def _with_index(setup, metrics: tuple[str, ...], protocol: str, adapted: bool) -> tuple[str, ...]:
-    """The metrics with the index's ``map@K``; an index goes with plain ``loo`` chains only."""
+def _with_index(setup, metrics: tuple[str, ...], protocol: str, adapted: bool, ranks: int,
+                query_sample: int | None) -> tuple[str, ...]:
+    """The metrics with the index's ``map@K``; an index goes with plain ``loo`` chains in one process,
+    over all the queries."""
     from compat.compatibility.indexed import with_index_metrics
     from compat.retrieval.evaluator import DEFAULT_METRICS
 
@@ -115,13 +130,21 @@ def _with_index(setup, metrics: tuple[str, ...], protocol: str, adapted: bool) -
         raise CompatError("--index: cannot be combined with --adapter or --backfill")
     if protocol != Protocol.LOO.value:
         raise CompatError(f"--index: an index is searched under protocol loo only, not {protocol}")
+    if ranks > 1:
+        raise CompatError(f"--index: an index is searched in one process, not over {ranks} torchrun ranks; "
+                          "run it without torchrun")
+    if query_sample is not None:
+        raise CompatError("--index: an index is searched with every query; leave out --query-sample")
     return with_index_metrics(metrics or DEFAULT_METRICS, setup.spec.k)
 
 
-def _load_chain(versions: tuple[tuple[str, Path], ...], queries: tuple[tuple[str, Path], ...]):
+def _load_chain(versions: tuple[tuple[str, Path], ...], queries: tuple[tuple[str, Path], ...], dist):
     """The ``Version`` chain of ``--version`` (and ``--query``) options, oldest first."""
     from compat.compatibility.matrix import Version
-    from compat.features import load_features
+    from compat.manifest import load_for_rank
+
+    def load_features(path: Path):
+        return load_for_rank(path, dist.rank, dist.world_size)
 
     options.unique_names(versions, "--version")
     options.unique_names(queries, "--query")
@@ -156,6 +179,8 @@ def _eval_plain(chain, evaluator, out: Path, settings: dict):
     from compat.compatibility.report import render_markdown, write_reports
 
     report = evaluate_chain(chain, evaluator, **settings)
+    if not evaluator.dist.is_main:
+        return report, []
     files = _write(lambda: write_reports(report, out), out)
     click.echo(render_markdown(report))
     return report, files
@@ -176,6 +201,8 @@ def _eval_adapted(chain, evaluator, adapters, backfill, backfill_points: int, se
         paths[(new, old)] = str(path)
     adapted = evaluate_with_adapters(chain, evaluator, loaded, paths=paths, backfill=backfill,
                                      backfill_points=backfill_points, seed=seed, **settings)
+    if not evaluator.dist.is_main:
+        return adapted.report, []
     files = _write(lambda: write_adapted_reports(adapted, out), out)
     click.echo(render_markdown(adapted.report))
     click.echo(render_adapter_markdown(adapted))

@@ -1,6 +1,7 @@
 """How a command fails: one line on stderr and an exit code CI can read (docs/reliability.md).
 
-- bad input, usage, or a file that cannot be read or written: ``compat: error: ...``, exit 2;
+- bad input, usage, or a file that cannot be read or written: ``compat: error: ...``, exit 2 (under
+  torchrun every rank exits 2 and rank 0 prints the line of a bad input);
 - Ctrl-C (SIGINT): ``compat: interrupted``, exit 130;
 - anything else is a bug: ``compat: internal error: ...``, exit 3, with the traceback in
   ``compat-error.log`` under ``--out`` (or printed on stderr with ``compat --debug``).
@@ -33,9 +34,11 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def fail(message: str, code: int) -> NoReturn:
-    """Print ``message`` as one line on stderr and exit with ``code``."""
-    click.echo(_one_line(message), err=True)
+def fail(message: str, code: int, *, main_rank_only: bool = False) -> NoReturn:
+    """Print ``message`` as one line on stderr and exit with ``code``; with ``main_rank_only``, under
+    torchrun only rank 0 prints (bad input, which every rank finds alike)."""
+    if not main_rank_only or os.environ.get("RANK", "0") == "0":
+        click.echo(_one_line(message), err=True)
     sys.exit(code)
 
 
@@ -89,7 +92,7 @@ def run_cleanly(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str,
     try:
         return fn(*args, **kwargs)
     except CompatError as exc:
-        fail(f"compat: error: {exc}", EXIT_BAD_INPUT)
+        fail(f"compat: error: {exc}", EXIT_BAD_INPUT, main_rank_only=True)
     except _PASS_THROUGH:
         raise
     except OSError as exc:

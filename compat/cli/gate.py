@@ -70,7 +70,8 @@ def _out_of(args: list[str]) -> Path:
 @click.option("--n-resamples", type=click.IntRange(min=1), default=DEFAULT_RESAMPLES, show_default=True,
               help="Bootstrap resamples per check; at least 5 / (1 - confidence), 100 for 95% intervals.")
 @click.option("--seed", type=options.SEED, default=0, show_default=True,
-              help="Seed of the bootstrap (and of --index's training sample).")
+              help="Seed of the bootstrap, of the query sample (and of --index's training sample).")
+@options.query_sample
 @click.option("--promote", "promote_name", default=None, metavar="NAME",
               help="On a pass, register the candidate (model file or models:/ URI) as NAME and move @champion to it.")
 @click.option("--adapter", "adapter_path", type=click.Path(path_type=Path), default=None,
@@ -87,23 +88,26 @@ def gate_command(old: str, new: str, old_query: str | None, new_query: str | Non
                  dataset: str | None, data_root: str | None, split: str, batch_size: int, trust_model_code: bool,
                  preset: str | None, image_size: int | None, resize: int | None, mean: tuple[float, ...] | None,
                  std: tuple[float, ...] | None, protocol: str, qrels: Path | None, exclude: str, similarity: str,
-                 dim_policy: str, backend: str, device: str, memory_budget: str, index: options.IndexOptions,
-                 n_resamples: int, seed: int, promote_name: str | None, adapter_path: Path | None,
-                 gallery_space: str | None, allow_space_change: bool, out: Path, quiet: bool) -> None:
+                 dim_policy: str, backend: str, search_precision: str, device: str, memory_budget: str,
+                 index: options.IndexOptions, n_resamples: int, seed: int, query_sample: int | None,
+                 promote_name: str | None, adapter_path: Path | None, gallery_space: str | None,
+                 allow_space_change: bool, out: Path, quiet: bool) -> None:
     """Decide whether the NEW model may replace the OLD one and query its gallery.
 
     Exit code 0: every required check of the policy passed; 1: one failed; 2: bad input; 3: a bug.
     Writes gate.json and gate.md under --out, and appends gate.md to $GITHUB_STEP_SUMMARY when set.
     A run that exits with another code than 0 or 1 leaves no gate.json (an earlier one is removed)
-    and the registry as it was.
+    and the registry as it was. Under torchrun every rank searches its part of each gallery; rank 0
+    reports and promotes.
     """
     from compat._files import check_output_dir
     from compat.gate import SourceKind, check_model_name, load_policy, load_source, run_gate, source_kind
     from compat.retrieval.evaluator import RetrievalEvaluator
     from compat.retrieval.qrels import load_qrels
 
-    with _no_verdict_on_failure(out):
-        check_output_dir(out)  # before any work: a verdict that cannot be written is never computed
+    dist, device = options.rank_context(device)
+    with _no_verdict_on_failure(out, dist.is_main):
+        dist.agree(lambda: check_output_dir(out))  # before any work: a verdict that cannot be written is never computed
         if promote_name is not None:
             check_model_name(promote_name)
             if source_kind(new) not in (SourceKind.MODEL, SourceKind.REGISTRY):
@@ -112,17 +116,21 @@ def gate_command(old: str, new: str, old_query: str | None, new_query: str | Non
                                   "(.pt) or a models:/ URI as --new")
         policy = load_policy(policy_path)
         evaluator = RetrievalEvaluator(policy.metrics, protocol=protocol, similarity=similarity, backend=backend,
-                                       device=device, memory_budget=memory_budget, progress=not quiet,
-                                       exclude=exclude, qrels=load_qrels(qrels) if qrels is not None else None)
+                                       search_precision=search_precision, device=device, memory_budget=memory_budget,
+                                       progress=not quiet and dist.is_main, query_sample=query_sample, seed=seed,
+                                       dist=dist, exclude=exclude,
+                                       qrels=load_qrels(qrels) if qrels is not None else None)
         extraction = options.extraction_spec(dataset, data_root, split, batch_size, evaluator.device, quiet,
                                              options.preprocessing_of(preset, image_size, resize, mean, std))
+
+        def load(source: str | None, option: str):
+            return None if source is None else dist.agree(lambda: load_source(
+                source, option=option, extraction=extraction, trust_model_code=trust_model_code, dist=dist))
+
         sources = {"old": old, "new": new, "old_query": old_query, "new_query": new_query, "independent": independent,
                    "independent_query": independent_query}
-        sets = {name: load_source(source, option=f"--{name.replace('_', '-')}", extraction=extraction,
-                                  trust_model_code=trust_model_code) if source is not None else None
-                for name, source in sources.items()}
-        chain_fs = [load_source(src, option="--chain", extraction=extraction, trust_model_code=trust_model_code)
-                    for src in chain]
+        sets = {name: load(source, f"--{name.replace('_', '-')}") for name, source in sources.items()}
+        chain_fs = [load(src, "--chain") for src in chain]
         old_fs, new_fs = sets.pop("old"), sets.pop("new")
         if adapter_path is not None:
             from compat.gate.inputs import adapt_source
@@ -138,21 +146,25 @@ def gate_command(old: str, new: str, old_query: str | None, new_query: str | Non
             gated = gated_spaces(old_fs, new_fs, chain_fs, gallery_space=gallery_space, adapter=adapter_path)
             check_promotion(promote_name, gated, allow_space_change=allow_space_change)
         verdict = run_gate(old_fs, new_fs, policy, chain=chain_fs, evaluator=evaluator, dim_policy=dim_policy,
-                           n_resamples=n_resamples, seed=seed, progress=not quiet, index=index.spec(seed), **sets)
-        _report(verdict, new, promote_name, out, gated=gated, allow_space_change=allow_space_change)
+                           n_resamples=n_resamples, seed=seed, progress=not quiet and dist.is_main,
+                           index=index.spec(seed), **sets)
+        dist.close()
+        if dist.is_main:
+            _report(verdict, new, promote_name, out, gated=gated, allow_space_change=allow_space_change)
     if not verdict.passed:
         sys.exit(EXIT_GATE_FAILED)
 
 
 @contextmanager
-def _no_verdict_on_failure(out: Path) -> Iterator[None]:
-    """A run that fails must not leave an earlier run's verdict behind as if it were its own."""
+def _no_verdict_on_failure(out: Path, main: bool = True) -> Iterator[None]:
+    """A run that fails must not leave an earlier run's verdict behind as if it were its own (rank 0 removes it)."""
     from compat.gate import remove_reports
 
     try:
         yield
     except BaseException:
-        remove_reports(out)
+        if main:
+            remove_reports(out)
         raise
 
 

@@ -36,8 +36,11 @@ __all__ = [
     "memory_budget",
     "model_code",
     "preprocessing_of",
+    "query_sample",
     "quiet",
+    "rank_context",
     "relevance",
+    "search_precision",
     "similarity",
     "tracking",
     "unique_names",
@@ -153,6 +156,22 @@ def memory_budget(fn: Callable[..., Any]) -> Callable[..., Any]:
                         help="Bound on score buffers, e.g. 512MiB.")(fn)
 
 
+def query_sample(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--query-sample", type=click.IntRange(min=1), default=None, metavar="N",
+                        help="Evaluate a seeded sample of N queries per cell, stratified by label (--seed); the "
+                        "reports say so.")(fn)
+
+
+def rank_context(device: str):
+    """This process's :class:`compat.distributed.DistributedContext` (torchrun) and its device."""
+    from compat.device import resolve_device
+    from compat.distributed import DistributedContext
+
+    resolved = resolve_device(device)
+    dist = DistributedContext.from_env(resolved)
+    return dist, dist.device(resolved)
+
+
 def tracking(fn: Callable[..., Any]) -> Callable[..., Any]:
     fn = click.option("--experiment", default=None, help="MLflow experiment name.")(fn)
     return click.option("--track", is_flag=True, help="Log to MLflow (also on when MLFLOW_TRACKING_URI is set).")(fn)
@@ -165,6 +184,14 @@ def extraction(fn: Callable[..., Any]) -> Callable[..., Any]:
     fn = click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True,
                       help="The dataset split to embed.")(fn)
     return click.option("--data-root", default=None, help="Directory holding the datasets (torchvision layout).")(fn)
+
+
+def search_precision(fn: Callable[..., Any]) -> Callable[..., Any]:
+    from compat.retrieval.precision import Precision
+
+    return click.option("--search-precision", type=choice(Precision), default=Precision.FP32.value, show_default=True,
+                        help="Inputs of the torch backend's top-k search (tf32, fp16, bf16: tensor cores on CUDA); "
+                        "the neighbours stay exact.")(fn)
 
 
 def model_code(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -206,8 +233,8 @@ def relevance(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def evaluator_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """--similarity, --dim-policy, --backend, --device, --memory-budget: how cells are computed."""
-    for option in (memory_budget, device, backend, dim_policy, similarity):
+    """--similarity, --dim-policy, --backend, --search-precision, --device, --memory-budget: how cells are computed."""
+    for option in (memory_budget, device, search_precision, backend, dim_policy, similarity):
         fn = option(fn)
     return fn
 

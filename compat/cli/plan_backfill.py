@@ -53,7 +53,8 @@ __all__ = ["plan_backfill_command"]
 def plan_backfill_command(gallery: Path, old: str, new: str, dataset: str | None, data_root: str | None, split: str,
                           batch_size: int, adapter_path: Path | None, no_forward: bool, ordering: str,
                           budget: str | None, target: str | None, metrics: tuple[str, ...], protocol: str,
-                          similarity: str, dim_policy: str, backend: str, device: str, memory_budget: str, points: int,
+                          similarity: str, dim_policy: str, backend: str,
+                 search_precision: str, device: str, memory_budget: str, points: int,
                           seed: int, n_resamples: int, confidence: float, flat_tolerance: float,
                           tmp_dir: Path | None, out: Path, quiet: bool) -> None:
     """Order the whole stored gallery for re-extraction and predict the metric against the share re-extracted.
@@ -81,7 +82,8 @@ def plan_backfill_command(gallery: Path, old: str, new: str, dataset: str | None
     settings = PlanSettings(ordering, points=points, seed=seed, n_resamples=n_resamples, confidence=confidence,
                             flat_tolerance=flat_tolerance, dim_policy=dim_policy, forward=not no_forward,
                             memory_budget=memory_budget, **goal)
-    evaluator = RetrievalEvaluator(wanted, protocol=protocol, similarity=similarity, backend=backend, device=device,
+    evaluator = RetrievalEvaluator(wanted, protocol=protocol, similarity=similarity, backend=backend,
+                                   search_precision=search_precision, device=device,
                                    memory_budget=memory_budget, progress=not quiet)
     stored = open_stored(gallery)
     extraction = options.extraction_spec(dataset, data_root, split, batch_size, evaluator.device, quiet)

@@ -30,8 +30,10 @@ from compat.retrieval.metrics import RetrievalResult
 
 __all__ = [
     "Cell",
+    "CellCount",
     "CellTransform",
     "CompatibilityReport",
+    "QuerySample",
     "Version",
     "evaluate_chain",
 ]
@@ -72,8 +74,28 @@ def identity_transform(cell: Cell, query: np.ndarray, gallery: np.ndarray) -> tu
 
 @dataclass(frozen=True)
 class CellCount:
+    """Queries a cell evaluated, those without any positive, and (when sampled) how many it drew from."""
+
     n_queries: int
     n_without_positive: int
+    sampled_from: int | None = None
+
+    def to_json(self) -> dict:
+        out = {"n": self.n_queries, "without_positive": self.n_without_positive}
+        if self.sampled_from is not None:
+            out["sampled_from"] = self.sampled_from
+        return out
+
+
+@dataclass(frozen=True)
+class QuerySample:
+    """``--query-sample``: each cell evaluated a seeded sample of ``n`` queries, stratified by label."""
+
+    n: int
+    seed: int
+
+    def to_json(self) -> dict:
+        return {"n": self.n, "seed": self.seed, "stratified_by": "label"}
 
 
 @dataclass(frozen=True)
@@ -87,6 +109,8 @@ class CompatibilityReport:
         matrices: metric -> T x T list, ``[i][j]`` for j <= i, ``None`` above the diagonal.
         summary: metric -> AC / AM / BC / FC / ECC / update gain.
         queries: T x T counts of queries evaluated and queries without any positive.
+        ranks: torch.distributed processes that computed it (1 without torchrun).
+        query_sample: the sample of queries each cell evaluated, or None for all of them.
         coverage: for a partial evaluation (``allow_partial``), the items every cell is over.
         flips: negative and positive flips of every cell i > j against (j, j), then of the newest
             version on its own gallery against the oldest on its own; ``None`` for ``pairs``.
@@ -101,6 +125,8 @@ class CompatibilityReport:
     matrices: dict[str, list[list[float | None]]]
     summary: dict[str, MetricSummary]
     queries: list[list[CellCount | None]]
+    ranks: int = 1
+    query_sample: QuerySample | None = None
     coverage: ItemCoverage | None = None
     flips: tuple[FlipRate, ...] | None = None
     classes: ClassView | None = None
@@ -133,8 +159,9 @@ class CompatibilityReport:
             "summary": {m: self.summary[m].to_json() for m in self.metrics},
             # per cell: queries evaluated and those without any positive in the gallery, so that a
             # fraction reads as a count of queries (and a shortfall as the number of queries missing)
-            "queries": [[None if c is None else {"n": c.n_queries, "without_positive": c.n_without_positive}
-                         for c in row] for row in self.queries],
+            "queries": [[None if c is None else c.to_json() for c in row] for row in self.queries],
+            "ranks": self.ranks,
+            "query_sample": None if self.query_sample is None else self.query_sample.to_json(),
             "flips": None if self.flips is None else {f.cell: f.to_json() for f in self.flips},
             "classes": None if self.classes is None else self.classes.to_json(),
             "warnings": list(self.warnings),
@@ -245,7 +272,7 @@ def evaluate_chain(
                                    transform=partial(transform, cell), where=where)
             for m in metric_names:
                 matrices[m][i][j] = result.values[m]
-            counts[i][j] = CellCount(result.n_queries, result.n_without_positive)
+            counts[i][j] = CellCount(result.n_queries, result.n_without_positive, result.sampled_from)
             if result.hit1 is not None:
                 tops[i, j] = Top1.of(result, qv.queries, gv.gallery, templates=templates)
             if ann is not None:
@@ -260,7 +287,9 @@ def evaluate_chain(
         m: summarize(matrices[m], strict=strict, reference_self=None if reference is None else reference.values[m])
         for m in metric_names
     }
+    sample = None if evaluator.query_sample is None else QuerySample(evaluator.query_sample, evaluator.seed)
     flips, classes = _upgrades(names, tops) if len(tops) == len(counts) * (len(counts) + 1) // 2 else (None, None)
     index_report = None if ann is None else ann.report(strict=strict, independent=independent)
-    return CompatibilityReport(names, evaluator.protocol.value, metric_names, matrices, summary, counts, coverage,
-                               flips=flips, classes=classes, warnings=version_warnings(versions), index=index_report)
+    return CompatibilityReport(names, evaluator.protocol.value, metric_names, matrices, summary, counts,
+                               ranks=evaluator.dist.world_size, query_sample=sample, coverage=coverage, flips=flips,
+                               classes=classes, warnings=version_warnings(versions), index=index_report)

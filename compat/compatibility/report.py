@@ -64,7 +64,11 @@ def _queries_section(report: CompatibilityReport) -> list[str]:
         row = [f"**{name}**"]
         for j in range(len(names)):
             c = report.queries[i][j] if j <= i else None
-            row.append(UNDEFINED if c is None else f"{c.n_queries} / {c.n_without_positive}")
+            if c is None:
+                row.append(UNDEFINED)
+            else:
+                of = "" if c.sampled_from is None else f" (of {c.sampled_from})"
+                row.append(f"{c.n_queries}{of} / {c.n_without_positive}")
         rows.append(row)
     return [
         "## Queries",
@@ -74,6 +78,17 @@ def _queries_section(report: CompatibilityReport) -> list[str]:
         *table(["query \\ gallery", *names], rows),
         "",
     ]
+
+
+def _how_computed(report: CompatibilityReport) -> list[str]:
+    """A line for a sampled or distributed evaluation (nothing otherwise)."""
+    parts = []
+    if report.query_sample is not None:
+        parts.append(f"queries: a sample of {report.query_sample.n} per cell, stratified by label "
+                     f"(seed {report.query_sample.seed}); values are means over the sample")
+    if report.ranks > 1:
+        parts.append(f"computed by {report.ranks} ranks")
+    return [" · ".join(parts).capitalize(), ""] if parts else []
 
 
 def render_markdown(report: CompatibilityReport) -> str:
@@ -90,6 +105,7 @@ def render_markdown(report: CompatibilityReport) -> str:
         "",
         f"Versions (oldest first): {', '.join(escape(v) for v in report.versions)} · protocol: {report.protocol}",
         "",
+        *_how_computed(report),
         (
             "Cells: queries of the row version against the gallery of the column version, in percent; "
             f"{PASS_MARK} / {FAIL_MARK}: passes / fails the empirical compatibility criterion "

@@ -19,19 +19,19 @@ from typing import Any
 import numpy as np
 
 from compat.choices import parse_choice
-from compat.compatibility.cell import DimPolicy, check_cell_inputs, evaluate_cell
+from compat.compatibility.cell import DimPolicy, evaluate_cell
 from compat.compatibility.indexed import GalleryIndexes, IndexSetup, evaluate_index_cell
-from compat.compatibility.items import check_items, check_labels
 from compat.errors import CompatError
 from compat.features import FeatureSet
 from compat.gate.bootstrap import DEFAULT_RESAMPLES, Interval, bootstrap_ci, min_resamples
 from compat.gate.policy import CheckKind, CheckSpec, GatePolicy, Rule
+from compat.gate.preflight import check_inputs, query_sets, with_index
 from compat.gate.statistics import INDEPENDENT, NEW, OLD, check_cells, negative_flips
 from compat.preprocessing import preprocessing_warnings
 from compat.progress import progress as progress_bar
-from compat.retrieval.evaluator import Protocol, RetrievalEvaluator
+from compat.retrieval.evaluator import RetrievalEvaluator
 from compat.retrieval.index import IndexSpec
-from compat.retrieval.metrics import RetrievalResult, parse_metric
+from compat.retrieval.metrics import RetrievalResult
 from compat.retrieval.protocols import match_ids
 
 __all__ = ["CellMean", "CheckResult", "GateVerdict", "run_gate"]
@@ -134,6 +134,8 @@ class GateVerdict:
         checks: in the policy's order.
         inputs: label -> description (source, size, meta) of each feature set used.
         protocol, similarity, confidence, n_resamples, seed: how it was measured.
+        ranks: torch.distributed processes that evaluated the cells (1 without torchrun).
+        query_sample: queries per cell when the cells evaluated a seeded sample, else None.
         warnings: what the reader should know (inputs extracted with different preprocessing).
     """
 
@@ -145,6 +147,8 @@ class GateVerdict:
     confidence: float
     n_resamples: int
     seed: int
+    ranks: int = 1
+    query_sample: int | None = None
     warnings: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
@@ -158,6 +162,8 @@ class GateVerdict:
             "protocol": self.protocol,
             "similarity": self.similarity,
             "inputs": self.inputs,
+            "ranks": self.ranks,
+            "query_sample": self.query_sample,
             "warnings": list(self.warnings),
         }
 
@@ -304,13 +310,13 @@ def run_gate(
     dims = parse_choice(DimPolicy, dim_policy, "dim_policy")
     _check_resamples(n_resamples, policy.confidence)
     evaluator = evaluator or RetrievalEvaluator(policy.metrics)
-    checks = [_with_index(spec, index) for spec in policy.checks]
-    _check_inputs(policy, evaluator, independent, indexed=any(c.index is not None for c in checks))
+    checks = [with_index(spec, index) for spec in policy.checks]
+    check_inputs(policy, evaluator, independent, indexed=any(c.index is not None for c in checks))
     older = [f"chain[{i}]" for i in range(len(chain))] + [OLD]
     models = {OLD: old, NEW: new, **dict(zip(older[:-1], chain, strict=True))}
     if independent is not None:
         models[INDEPENDENT] = independent
-    queries = _query_sets(evaluator, models, old_query, new_query, independent_query)
+    queries = query_sets(evaluator, models, old_query, new_query, independent_query)
     cells = _Cells(models, evaluator, dims, queries)
     _build_indexes(cells, checks, older, models)
     results = []
@@ -330,9 +336,14 @@ def run_gate(
         confidence=policy.confidence,
         n_resamples=n_resamples,
         seed=seed,
-        warnings=tuple(preprocessing_warnings([*((k, v.meta) for k, v in models.items()),
-                                               *((f"{k}.query", v.meta) for k, v in queries.items())])),
+        ranks=evaluator.dist.world_size, query_sample=evaluator.query_sample,
+        warnings=_warnings(models, queries),
     )
+
+
+def _warnings(models: dict[str, FeatureSet], queries: dict[str, FeatureSet]) -> tuple[str, ...]:
+    return tuple(preprocessing_warnings([*((k, v.meta) for k, v in models.items()),
+                                         *((f"{k}.query", v.meta) for k, v in queries.items())]))
 
 
 def _check_resamples(n_resamples: int, confidence: float) -> None:
@@ -350,61 +361,6 @@ def _build_indexes(cells: _Cells, checks: Sequence[CheckSpec], older: Sequence[s
             continue
         for g in dict.fromkeys(g for _, g in check_cells(spec, older)[0] if g in models):
             cells.index_of(g, spec.index)
-
-
-def _with_index(spec: CheckSpec, index: IndexSpec | None) -> CheckSpec:
-    """The check with the command line's index when it names none and its metric allows one
-    (``negative_flips`` stays exact)."""
-    if (spec.index is not None or index is None or spec.kind is CheckKind.NEGATIVE_FLIPS
-            or not parse_metric(spec.metric).from_top_k):
-        return spec
-    return spec.model_copy(update={"index": index})
-
-
-def _check_inputs(policy: GatePolicy, evaluator: RetrievalEvaluator, independent: FeatureSet | None, *,
-                  indexed: bool = False) -> None:
-    """The evaluator can compute what the policy needs, and a required check has its input."""
-    if evaluator.protocol is Protocol.PAIRS:
-        raise CompatError("protocol: the gate needs per-query values; use protocol loo, query-gallery or template, "
-                          "not pairs")
-    if indexed and evaluator.protocol is not Protocol.LOO:
-        raise CompatError(f"index: an index is searched under protocol loo only, not {evaluator.protocol.value}")
-    missing = [m for m in policy.metrics if m not in evaluator.metric_names]
-    if missing:
-        raise CompatError(f"evaluator: it does not compute {', '.join(missing)}, which the policy's checks use")
-    for spec in policy.checks:
-        if spec.kind is CheckKind.UPDATE_GAIN and spec.required and independent is None:
-            raise CompatError(
-                f"policy check {spec.label!r}: a required update_gain check needs the features of an "
-                "independently trained model (--independent)"
-            )
-
-
-def _query_sets(evaluator: RetrievalEvaluator, models: dict[str, FeatureSet], old_query: FeatureSet | None,
-                new_query: FeatureSet | None, independent_query: FeatureSet | None) -> dict[str, FeatureSet]:
-    """The models' separate query sets (query-gallery), checked with the models."""
-    if independent_query is not None and INDEPENDENT not in models:
-        raise CompatError("--independent-query: needs --independent (the independent model's gallery)")
-    given = {OLD: old_query, NEW: new_query, INDEPENDENT: independent_query}
-    queries = {label: fs for label, fs in given.items() if fs is not None}
-    _check_queries(evaluator, models, queries)
-    return queries
-
-
-def _check_queries(evaluator: RetrievalEvaluator, models: dict[str, FeatureSet], queries: dict[str, FeatureSet]) -> None:
-    """The query-gallery protocol has a query set for every model that queries; the sets fit the protocol;
-    under ``loo`` every model holds the same items; an id has one label in every set."""
-    if evaluator.protocol is Protocol.QUERY_GALLERY:
-        for label in (OLD, NEW, INDEPENDENT):
-            if label in models and label not in queries:
-                raise CompatError(f"--{label}-query: the query-gallery protocol needs the {label} model's query "
-                                  f"features besides its gallery ({models[label].source})")
-    querying = [queries.get(label, models[label]) for label in (OLD, NEW, INDEPENDENT) if label in models]
-    check_cell_inputs(evaluator, querying, list(models.values()))
-    if evaluator.protocol is Protocol.LOO:  # cells compared query by query must be over the same items
-        check_items(list(models.items()))
-    check_labels(list(models.items()))
-    check_labels([(f"{label} (queries)", fs) for label, fs in queries.items()])
 
 
 def _run_check(

@@ -20,9 +20,11 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from compat.distributed import DistributedContext
 from compat.errors import CompatError
-from compat.features import FeatureSet, load_features
+from compat.features import FeatureSet
 from compat.gate.registry import download_model, is_model_uri, parse_model_uri, resolve_model_uri
+from compat.manifest import load_for_rank
 from compat.preprocessing import Preprocessing
 
 __all__ = ["ExtractionSpec", "SourceKind", "adapt_source", "load_source", "source_kind"]
@@ -91,6 +93,7 @@ def load_source(
     option: str,
     extraction: ExtractionSpec | None = None,
     tracking_uri: str | None = None,
+    dist: DistributedContext | None = None,
     trust_model_code: bool = False,
 ) -> FeatureSet:
     """The features of one gate input.
@@ -100,6 +103,8 @@ def load_source(
         option: the command-line option that gave it (for messages).
         extraction: the dataset to embed with, needed by model and registry sources.
         tracking_uri: the MLflow store for registry sources (default: the one in effect).
+        dist: under torchrun, a sharded feature set is checked shard by shard by the ranks
+            (:func:`compat.manifest.load_for_rank`).
         trust_model_code: allow ``torchscript:`` and ``python:`` sources, which run code the user
             supplies; without it they are refused before anything is read or imported.
 
@@ -108,7 +113,8 @@ def load_source(
     """
     kind = source_kind(source)
     if kind is SourceKind.FEATURES:
-        return load_features(source)
+        dist = dist or DistributedContext.single()
+        return load_for_rank(source, dist.rank, dist.world_size)
     if kind is SourceKind.REGISTRY:
         parse_model_uri(str(source))
     if kind in (SourceKind.TORCHSCRIPT, SourceKind.PYTHON):

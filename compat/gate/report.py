@@ -56,6 +56,11 @@ def render_markdown(verdict: GateVerdict, promotion: Mapping[str, Any] | None = 
         f"`{escape(verdict.inputs['old']['source'])}` · protocol {verdict.protocol} · {verdict.similarity} · "
         f"{level}% paired bootstrap intervals over queries ({verdict.n_resamples} resamples, seed {verdict.seed})"
     )
+    if verdict.query_sample is not None:
+        setting += (f" · a sample of {verdict.query_sample} queries per cell, stratified by label: the intervals "
+                    "include the sampling")
+    if verdict.ranks > 1:
+        setting += f" · {verdict.ranks} ranks"
     lines = [
         f"## compat gate: {head}",
         "",

@@ -6,6 +6,7 @@ from compat.models.embedding import BasisTransformModel, EmbeddingModel, HeadKin
 from compat.models.extract import embed_dataset, extract_features, extract_model_file, file_digest
 from compat.models.heads import LinearHead, SimplexHead
 from compat.models.io import load_checkpoint, load_model, read_model_file, save_checkpoint, save_model
+from compat.models.sharded_extract import extract_sharded, plan_shards
 from compat.models.simplex import d_simplex
 
 __all__ = [
@@ -25,11 +26,13 @@ __all__ = [
     "embed_dataset",
     "extract_features",
     "extract_model_file",
+    "extract_sharded",
     "file_digest",
     "list_backbones",
     "load_checkpoint",
     "load_model",
     "orthogonal_linear",
+    "plan_shards",
     "read_model_file",
     "register_backbone",
     "save_checkpoint",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from torch import nn
 from compat.features import FeatureSet
 from compat.progress import progress as progress_bar
 
-__all__ = ["embed_dataset", "extract_features", "extract_model_file", "file_digest"]
+__all__ = ["embed_dataset", "extract_features", "extract_model_file", "file_digest", "model_file_meta"]
 
 
 def file_digest(path: str | Path) -> str:
@@ -34,11 +35,13 @@ def embed_dataset(
     batch_size: int = 512,
     num_workers: int = 0,
     progress: bool = False,
+    on_batch: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """``model.embed`` over ``dataset`` (or its items ``indices``, in that order), in eval mode.
 
     Args:
         progress: a bar over the batches on a terminal.
+        on_batch: called with each batch's number of items (a caller's own progress).
 
     Returns:
         (N, D) float32 features on the CPU.
@@ -49,7 +52,11 @@ def embed_dataset(
     model.eval().to(device)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     batches = progress_bar(loader, desc="extracting features", total=len(loader), enabled=progress)
-    chunks = [model.embed(images.to(device)).float().cpu() for images, _ in batches]
+    chunks = []
+    for images, _ in batches:
+        chunks.append(model.embed(images.to(device)).float().cpu())
+        if on_batch is not None:
+            on_batch(len(images))
     model.train(was_training)
     return torch.cat(chunks)
 
@@ -97,8 +104,14 @@ def extract_model_file(
     from compat.models.io import read_model_file
 
     model, info = read_model_file(path, device=device)
+    return extract_features(model, dataset, labels=labels, ids=ids, device=device, batch_size=batch_size,
+                            meta={**model_file_meta(path, info), **(meta or {})}, progress=progress)
+
+
+def model_file_meta(path: str | Path, info: dict[str, Any]) -> dict[str, Any]:
+    """What features record of the model file they come from: ``model`` (the backbone), its
+    ``checkpoint`` digest and, when set, ``compatible_dim``."""
     recorded = {"model": info["backbone"], "checkpoint": file_digest(path)}
     if "compatible_dim" in info:
         recorded["compatible_dim"] = info["compatible_dim"]
-    return extract_features(model, dataset, labels=labels, ids=ids, device=device, batch_size=batch_size,
-                            meta={**recorded, **(meta or {})}, progress=progress)
+    return recorded

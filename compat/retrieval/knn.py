@@ -11,6 +11,7 @@ returns the same neighbours for the same input.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Iterator
@@ -24,14 +25,29 @@ from compat.device import resolve_device
 from compat.errors import CompatError
 from compat.progress import progress as progress_bar
 from compat.retrieval.normalize import unit_rows
+from compat.retrieval.precision import Precision, check_precision, extra_bound, reduced_scores
+from compat.sharded import release
 
-__all__ = ["Backend", "Similarity", "knn", "parse_memory_budget", "resolve_backend"]
+__all__ = [
+    "Backend",
+    "Precision",
+    "Similarity",
+    "as_f64",
+    "error_bound",
+    "knn",
+    "pair_f64",
+    "parse_memory_budget",
+    "resolve_backend",
+    "score_f64",
+]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MEMORY_BUDGET = "1GiB"
-# Extra candidates fetched beyond k, so that float32 near-ties at the cut rarely need a re-search.
+# Extra candidates fetched beyond k, so that float32 near-ties at the cut rarely need a re-search
+# (more with reduced-precision inputs, whose error bound is wider).
 _EXTRA_CANDIDATES = 8
+_EXTRA_CANDIDATES_REDUCED = 24
 _UNIT_ROUNDOFF32 = 2.0**-24
 _FAISS_QUERY_ROWS = 8192
 _FAISS_BLAS_MIN = 128_000
@@ -87,9 +103,7 @@ def resolve_backend(backend: Backend | str, device: str) -> Backend:
     """Pick the backend. ``auto``: faiss on CPU, torch on CUDA (faiss-gpu only when asked for).
 
     On CPU the two measured on par inside :func:`knn` (torch 1.01x faiss, 4,096 queries x 50k x 512,
-    2 cores, ``benchmarks/bench_backends.py``); faiss is kept because it tiles its own scores, so
-    its chunks need no score buffer. A raw ``faiss.knn`` was 1.3-2x faster than a plain torch
-    matmul + topk on the same cells."""
+    2 cores, ``benchmarks/bench_backends.py``); faiss tiles its own scores (no score buffer)."""
     backend = parse_choice(Backend, backend, "backend")
     if backend is Backend.AUTO:
         return Backend.FAISS if device == "cpu" and _faiss_available(device) else Backend.TORCH
@@ -121,25 +135,39 @@ def prepare(block: np.ndarray, similarity: Similarity) -> np.ndarray:
     return unit_rows(x) if similarity is Similarity.COSINE else x
 
 
-def _scores_f64(q: np.ndarray, g: np.ndarray, similarity: Similarity) -> np.ndarray:
-    """Canonical float64 scores, higher is better: cosine similarity or minus squared distance.
-
-    Args:
-        q: (..., D) queries; g: (..., M, D) gallery rows for each query. Returns (..., M).
-    """
-    q64 = q.astype(np.float64)[..., None, :]
-    g64 = g.astype(np.float64)
+def as_f64(x: np.ndarray, similarity: Similarity) -> np.ndarray:
+    """Rows of ``x`` (..., D) in float64 as :func:`score_f64` uses them: L2-normalised for cosine."""
+    x64 = x.astype(np.float64)
     if similarity is Similarity.COSINE:
-        q64 = q64 / np.maximum(np.linalg.norm(q64, axis=-1, keepdims=True), 1e-300)
-        g64 = g64 / np.maximum(np.linalg.norm(g64, axis=-1, keepdims=True), 1e-300)
+        x64 = x64 / np.maximum(np.linalg.norm(x64, axis=-1, keepdims=True), 1e-300)
+    return x64
+
+
+def pair_f64(q64: np.ndarray, g64: np.ndarray, similarity: Similarity) -> np.ndarray:
+    """Canonical scores of broadcastable rows prepared by :func:`as_f64`: (..., D), (..., D) -> (...)."""
+    if similarity is Similarity.COSINE:
         return np.einsum("...d,...d->...", q64, g64)
     diff = q64 - g64
     return -np.einsum("...d,...d->...", diff, diff)
 
 
+def score_f64(q: np.ndarray, g: np.ndarray, similarity: Similarity) -> np.ndarray:
+    """Canonical float64 scores, higher is better: cosine similarity or minus squared distance.
+
+    Each (query, item) score is computed the same way whatever the batch around it, so equal
+    features always score equal: the exact order of every search and ranking is defined by it.
+
+    Args:
+        q: (..., D) queries; g: (..., M, D) gallery rows for each query. Returns (..., M).
+    """
+    return pair_f64(as_f64(q, similarity)[..., None, :], as_f64(g, similarity), similarity)
+
+
 def _gallery_blocks(gallery: np.ndarray, rows: int, similarity: Similarity) -> Iterator[tuple[int, np.ndarray]]:
     for start in range(0, gallery.shape[0], rows):
-        yield start, prepare(gallery[start : start + rows], similarity)
+        block = prepare(gallery[start : start + rows], similarity)
+        release(gallery, start, start + rows)  # a memory-mapped gallery's pages leave the process
+        yield start, block
 
 
 class _PreparedGallery:
@@ -151,6 +179,11 @@ class _PreparedGallery:
         if gallery.shape[0] * gallery.shape[1] * 4 <= budget // 4:
             self.cache = list(_gallery_blocks(gallery, rows, similarity))
         self._max_norm: float | None = None
+        self._on_device: dict[str, list] = {}
+
+    def record_max_norm(self, value: float) -> None:
+        """The largest norm, measured by a caller that read every block anyway (no second pass)."""
+        self._max_norm = value
 
     @property
     def max_norm(self) -> float:
@@ -161,6 +194,16 @@ class _PreparedGallery:
 
     def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
         return iter(self.cache) if self.cache is not None else _gallery_blocks(self.gallery, self.rows, self.similarity)
+
+    def on(self, device: str) -> Iterator[tuple[int, object]]:
+        """The blocks as torch tensors on ``device``; a cached gallery is copied there once."""
+        import torch
+
+        if self.cache is None:
+            return ((start, torch.from_numpy(b).to(device)) for start, b in self)
+        if device not in self._on_device:
+            self._on_device[device] = [(start, torch.from_numpy(b).to(device)) for start, b in self.cache]
+        return iter(self._on_device[device])
 
 
 def knn(
@@ -174,6 +217,7 @@ def knn(
     exclude: np.ndarray | None = None,
     memory_budget: int | str = DEFAULT_MEMORY_BUDGET,
     progress: bool = False,
+    precision: Precision | str = Precision.FP32,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k neighbours of each query in the gallery.
 
@@ -187,6 +231,9 @@ def knn(
         exclude: (Nq,) gallery index to leave out for each query (leave-one-out), -1 for none.
         memory_budget: bytes (or ``"1GiB"``) for the score blocks and candidate buffers.
         progress: a bar over the query chunks on a terminal (when there are several).
+        precision: inputs of the torch backend's candidate scores: ``fp32``, or ``tf32`` / ``fp16`` /
+            ``bf16`` (tensor cores on CUDA) with a wider error bound, so the result is the same
+            (:mod:`compat.retrieval.precision`).
 
     Returns:
         ``(D, I)``: (Nq, k) float64 scores (cosine similarity, or squared L2 distance for ``l2``)
@@ -197,6 +244,8 @@ def knn(
     device = resolve_device(device)
     backend = resolve_backend(backend, device)
     budget = parse_memory_budget(memory_budget)
+    precision = parse_choice(Precision, precision, "search_precision")
+    check_precision(precision, similarity is Similarity.L2, backend is Backend.TORCH)
     if query.ndim != 2 or gallery.ndim != 2 or query.shape[1] != gallery.shape[1]:
         raise CompatError(f"knn: query {query.shape} and gallery {gallery.shape} must be 2-D with the same D")
     if k < 1:
@@ -204,17 +253,15 @@ def knn(
     nq, ng = query.shape[0], gallery.shape[0]
     if exclude is None:
         exclude = np.full(nq, -1, dtype=np.int64)
-    kk = min(ng, k + _EXTRA_CANDIDATES)
+    kk = min(ng, k + (_EXTRA_CANDIDATES if precision is Precision.FP32 else _EXTRA_CANDIDATES_REDUCED))
     plan = _plan(nq, ng, gallery.shape[1], kk + 1, budget)
     if backend is Backend.FAISS:
-        # faiss tiles the scores itself (a fixed few MiB); our chunk only holds queries and candidates.
-        # Few queries per call are far slower: faiss 1.15 takes its BLAS path only when
-        # nq * d >= distance_compute_blas_threshold (128,000), and its other path was 4-5x slower
-        # here on 2 cores (measured at 223 queries against 200k items).
+        # faiss tiles the scores itself; our chunk holds queries and candidates. faiss 1.15 takes its BLAS
+        # path only when nq * d >= 128,000 (its other path was 4-5x slower here, 223 queries x 200k items).
         rows = max(-(-_FAISS_BLAS_MIN // gallery.shape[1]) + 1, budget // (8 * (gallery.shape[1] + 4 * kk)))
         plan = _Plan(query_rows=min(nq, _FAISS_QUERY_ROWS, rows), gallery_rows=plan.gallery_rows)
     prepared = _PreparedGallery(gallery, plan.gallery_rows, similarity, budget)
-    search = _torch_candidates if backend is Backend.TORCH else _faiss_candidates
+    search = functools.partial(_torch_candidates, precision=precision) if backend is Backend.TORCH else _faiss_candidates
     scores = np.full((nq, k), np.nan)
     indices = np.full((nq, k), -1, dtype=np.int64)
     chunks = range(0, nq, plan.query_rows)
@@ -222,27 +269,32 @@ def knn(
         q = prepare(query[start : start + plan.query_rows], similarity)
         ex = np.asarray(exclude[start : start + len(q)], dtype=np.int64)
         cand_s, cand_i = search(q, prepared, kk, ex, similarity, device)
-        s, i = _canonical_topk(query[start : start + len(q)], gallery, prepared, cand_s, cand_i, k, ex, similarity)
+        s, i = _canonical_topk(query[start : start + len(q)], gallery, prepared, cand_s, cand_i, k, ex, similarity,
+                               precision)
         scores[start : start + len(q)] = s
         indices[start : start + len(q)] = i
+        release(gallery, 0, ng)  # the candidates' rows, read for re-scoring
     if similarity is Similarity.L2:
         scores = -scores
     return scores, indices
 
 
 def _torch_candidates(
-    q: np.ndarray, prepared: _PreparedGallery, kk: int, exclude: np.ndarray, similarity: Similarity, device: str
+    q: np.ndarray, prepared: _PreparedGallery, kk: int, exclude: np.ndarray, similarity: Similarity, device: str,
+    *, precision: Precision = Precision.FP32,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-kk by float32 torch scores (higher better), merged over gallery blocks."""
+    """Top-kk by torch scores (higher better), merged over gallery blocks; a cached gallery stays on the device."""
     import torch
 
     qt = torch.from_numpy(q).to(device)
     ex = torch.from_numpy(exclude).to(device)
     best_s = torch.full((len(q), 0), -math.inf, device=device)
     best_i = torch.zeros((len(q), 0), dtype=torch.int64, device=device)
-    for start, block in prepared:
-        gt = torch.from_numpy(block).to(device)
-        s = score_block_torch(qt, gt, similarity)
+    for start, gt in prepared.on(device):
+        if precision is Precision.FP32:
+            s = score_block_torch(qt, gt, similarity)
+        else:
+            s = reduced_scores(qt, gt, similarity is Similarity.L2, precision)
         _mask_excluded(s, ex, start)
         take = min(kk, s.shape[1])
         top_s, top_i = torch.topk(s, take, dim=1)
@@ -283,7 +335,8 @@ def _faiss_candidates(
     for start, block in prepared:
         take = min(kk + 1, len(block))
         if gpu is not None:
-            d, i = faiss.knn_gpu(gpu, q, block, take, metric=metric, device=_cuda_index(device))
+            index = int(device.split(":", 1)[1]) if ":" in device else 0
+            d, i = faiss.knn_gpu(gpu, q, block, take, metric=metric, device=index)
         else:
             d, i = faiss.knn(q, block, take, metric=metric)
         s = d.astype(np.float64) if similarity is Similarity.COSINE else -d.astype(np.float64)
@@ -312,10 +365,6 @@ def _faiss_gpu_resources(device: str):
     return _GPU_RESOURCES[device]
 
 
-def _cuda_index(device: str) -> int:
-    return int(device.split(":", 1)[1]) if ":" in device else 0
-
-
 def _canonical_topk(
     q_raw: np.ndarray,
     gallery: np.ndarray,
@@ -325,9 +374,10 @@ def _canonical_topk(
     k: int,
     exclude: np.ndarray,
     similarity: Similarity,
+    precision: Precision = Precision.FP32,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Re-score candidates in float64, order by (score desc, index asc), and re-search exactly the
-    queries whose cut is within the backend's float32 error bound of the best non-candidate."""
+    queries whose cut is within the backend's error bound of the best non-candidate."""
     nq, kk = cand_i.shape
     dim = gallery.shape[1]
     valid = np.isfinite(cand_s) & (cand_i >= 0)
@@ -337,7 +387,7 @@ def _canonical_topk(
     for s in range(0, nq, step):
         rows = safe_i[s : s + step]
         cand = np.asarray(gallery[rows.ravel()]).reshape(len(rows), kk, dim)
-        exact[s : s + step] = _scores_f64(q_raw[s : s + step], cand, similarity)
+        exact[s : s + step] = score_f64(q_raw[s : s + step], cand, similarity)
     exact = np.where(valid, exact, -np.inf)
     order = np.lexsort((safe_i, -exact), axis=1)[:, :k]
     top_s = np.full((nq, k), np.nan)
@@ -349,7 +399,10 @@ def _canonical_topk(
 
     n_eligible = gallery.shape[0] - (exclude >= 0)
     complete = valid.sum(1) >= n_eligible  # every eligible item is a candidate: nothing was cut
-    bound = _error_bound(q_raw, prepared.max_norm, dim, similarity)
+    bound = error_bound(q_raw, prepared.max_norm, dim, similarity)
+    if precision is not Precision.FP32:
+        qn = np.linalg.norm(q_raw.astype(np.float64), axis=1)
+        bound = bound + extra_bound(qn, prepared.max_norm, dim, similarity is Similarity.L2, precision)
     last_backend = np.where(valid, cand_s, np.inf).min(1)
     kth = np.nan_to_num(top_s[:, k - 1], nan=-np.inf)
     redo = ~complete & ((valid.sum(1) < kk) | ~(kth > last_backend + bound))
@@ -360,7 +413,7 @@ def _canonical_topk(
     return top_s, top_i
 
 
-def _error_bound(q_raw: np.ndarray, max_norm: float, dim: int, similarity: Similarity) -> np.ndarray:
+def error_bound(q_raw: np.ndarray, max_norm: float, dim: int, similarity: Similarity) -> np.ndarray:
     """Worst-case float32 error of a backend score (classical dot-product bound, doubled)."""
     if similarity is Similarity.COSINE:
         return np.full(len(q_raw), 2.0 * (dim + 2) * _UNIT_ROUNDOFF32)
@@ -380,7 +433,7 @@ def _exact_rows(
         qs = q[s : s + step].astype(np.float64)
         g_rows = max(1, (64 << 20) // (8 * gallery.shape[1] * len(qs)))
         scores = np.concatenate(
-            [_scores_f64(qs, np.asarray(gallery[b : b + g_rows])[None], similarity) for b in range(0, ng, g_rows)],
+            [score_f64(qs, np.asarray(gallery[b : b + g_rows])[None], similarity) for b in range(0, ng, g_rows)],
             axis=1,
         )
         ex = exclude[s : s + step]
@@ -392,57 +445,3 @@ def _exact_rows(
         out_s[s : s + step, : order.shape[1]] = np.where(found, best, np.nan)
         out_i[s : s + step, : order.shape[1]] = np.where(found, order, -1)
     return out_s, out_i
-
-
-def scored_chunks(
-    query: np.ndarray,
-    gallery: np.ndarray,
-    k: int,
-    *,
-    similarity: Similarity,
-    device: str,
-    exclude: np.ndarray,
-    memory_budget: int,
-    progress: bool = False,
-) -> Iterator[tuple[int, object, np.ndarray, np.ndarray]]:
-    """Full score rows for chunks of queries, with their exact top-k.
-
-    For metrics that need the whole ranking (mAP). Chunks are sized so that one (r, Ng) block of
-    scores plus sorting workspace stays within ``memory_budget``. Cosine scores are float32; L2
-    scores are float64, because the expanded form ``2 q.g - |g|^2 - |q|^2`` loses too much
-    precision in float32 to rank near-ties the way the exact distance does.
-
-    Yields:
-        ``(start, scores, top_s, top_i)``: first query index of the chunk; (r, Ng) torch tensor on
-        ``device`` (higher better, the left-out item at -inf); the canonical top-k as returned by
-        :func:`knn` (scores higher-better for both similarities).
-    """
-    import torch
-
-    nq, ng = query.shape[0], gallery.shape[0]
-    kk = min(ng, k + _EXTRA_CANDIDATES)
-    dtype = torch.float32 if similarity is Similarity.COSINE else torch.float64
-    item = 4 if dtype is torch.float32 else 8
-    # Per score: the row, the sorted copy of the candidates, torch sort's indices on CUDA.
-    query_rows = max(1, min(nq, memory_budget // ((2 * item + 8) * ng)))
-    prepared = _PreparedGallery(
-        gallery, _plan(nq, ng, gallery.shape[1], kk, memory_budget).gallery_rows, similarity, memory_budget
-    )
-
-    def to_device(x: np.ndarray):
-        return torch.from_numpy(x).to(device=device, dtype=dtype)
-
-    on_device = [(start, to_device(block)) for start, block in prepared] if prepared.cache else None
-    chunks = range(0, nq, query_rows)
-    for start in progress_bar(chunks, desc="ranking", enabled=progress and len(chunks) > 1):
-        q_raw = query[start : start + query_rows]
-        qt = to_device(prepare(q_raw, similarity))
-        ex = np.asarray(exclude[start : start + len(q_raw)], dtype=np.int64)
-        blocks = on_device or ((s, to_device(b)) for s, b in prepared)
-        scores = torch.cat([score_block_torch(qt, g, similarity) for _, g in blocks], dim=1)
-        _mask_excluded(scores, torch.from_numpy(ex).to(device), 0)
-        cand_s, cand_i = torch.topk(scores, kk, dim=1)
-        top_s, top_i = _canonical_topk(
-            q_raw, gallery, prepared, cand_s.double().cpu().numpy(), cand_i.cpu().numpy(), k, ex, similarity
-        )
-        yield start, scores, top_s, top_i

@@ -107,6 +107,10 @@ class RetrievalResult:
     queries with a positive, over which ``values`` are the means. They let a caller pair two cells
     query by query (the gate's bootstrap intervals).
 
+    With query sampling, ``n_queries`` is the sample's size and ``sampled_from`` the number of
+    queries it was drawn from; the per-query arrays keep every query's row, and the queries left
+    out of the sample are not ``counted``.
+
     ``top1`` and ``hit1`` (ranking protocols only) are each query's first result, as the CMC ranks it
     (ties to the lower gallery index): its gallery index (-1 when nothing could be retrieved; for
     ``template``, the index of the class in the sorted gallery labels) and whether it is a positive.
@@ -118,6 +122,7 @@ class RetrievalResult:
     n_without_positive: int
     per_query: dict[str, np.ndarray] | None = field(default=None, compare=False, repr=False)
     counted: np.ndarray | None = field(default=None, compare=False, repr=False)
+    sampled_from: int | None = None
     top1: np.ndarray | None = field(default=None, compare=False, repr=False)
     hit1: np.ndarray | None = field(default=None, compare=False, repr=False)
 

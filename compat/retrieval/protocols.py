@@ -13,19 +13,20 @@ from __future__ import annotations
 
 import numpy as np
 
+from compat.distributed import DistributedContext
 from compat.errors import CompatError
-from compat.retrieval.knn import Similarity, knn, prepare, scored_chunks
+from compat.retrieval.knn import Similarity, prepare
 from compat.retrieval.metrics import (
     Metric,
     MetricKind,
     RetrievalResult,
-    average_precision,
-    average_precision_at_r,
     topk_values,
 )
-from compat.retrieval.ranking import positive_ranks_numpy, positive_ranks_torch
+from compat.retrieval.precision import Precision
+from compat.retrieval.sharding import full_ranking, ranked_topk
 
 __all__ = [
+    "first_positive",
     "kfold_threshold_accuracy",
     "leave_one_out",
     "match_ids",
@@ -103,19 +104,24 @@ def leave_one_out(
     threads: int = 2,
     where: str = "leave-one-out",
     progress: bool = False,
+    dist: DistributedContext | None = None,
+    precision: Precision = Precision.FP32,
 ) -> RetrievalResult:
     """Leave-one-out retrieval: each query's own item (by id) is removed from the gallery.
 
     Args:
-        query, gallery: (Nq, D), (Ng, D) features.
+        query, gallery: (Nq, D), (Ng, D) features (the gallery may be memory-mapped or sharded).
         query_labels, gallery_labels: (Nq,), (Ng,) int64.
         query_ids, gallery_ids: item ids; every query id must be in the gallery.
         metrics: any of cmc@k, map, map@r, map@k.
         progress: a bar over the query chunks on a terminal.
+        dist: under torchrun, every rank searches its part of the gallery and the ranks' exact
+            results are merged (:mod:`compat.retrieval.sharding`); every rank returns the result.
 
     Returns:
         Averages over the queries that have at least one positive; the others are counted.
     """
+    dist = dist or DistributedContext.single()
     exclude = match_ids(query_ids, gallery_ids, required=True, where=where)
     members = _class_members(gallery_labels)
     counts = {c: len(m) for c, m in members.items()}
@@ -123,63 +129,23 @@ def leave_one_out(
     n_pos -= (gallery_labels[exclude] == query_labels).astype(np.int64)
     has_pos = n_pos > 0
     kmax = max((m.k for m in metrics if m.from_top_k), default=1)
-    full = any(m.needs_full_ranking for m in metrics)
     per_query: dict[str, np.ndarray] = {m.name: np.zeros(len(query)) for m in metrics}
-    if not full:
-        _, idx = knn(
-            query,
-            gallery,
-            kmax,
-            similarity=similarity,
-            backend=backend,
-            device=device,
-            exclude=exclude,
-            memory_budget=memory_budget,
-            progress=progress,
-        )
-        first = _first_positive(idx, gallery_labels, query_labels)
-        per_query.update(topk_values(idx, gallery_labels, query_labels, n_pos, metrics))
-        return _result(per_query, has_pos, metrics, top1=idx[:, 0].copy(), hit1=first == 1)
-    top1 = np.full(len(query), -1, dtype=np.int64)
-    hit1 = np.zeros(len(query), dtype=bool)
-    for start, scores, _, top_i in scored_chunks(
-        query, gallery, kmax, similarity=similarity, device=device, exclude=exclude, memory_budget=memory_budget,
-        progress=progress,
-    ):
-        rows = np.arange(start, start + scores.shape[0])
-        first = _first_positive(top_i, gallery_labels, query_labels[rows])
-        for name, values in topk_values(top_i, gallery_labels, query_labels[rows], n_pos[rows], metrics).items():
-            per_query[name][rows] = values
-        top1[rows], hit1[rows] = top_i[:, 0], first == 1
-        live = rows[has_pos[rows]]
-        positives = [_without(members[int(query_labels[r])], exclude[r]) for r in live]
-        _ranking_metrics(scores, live - start, live, positives, per_query, threads)
-    return _result(per_query, has_pos, metrics, top1=top1, hit1=hit1)
-
-
-def _ranking_metrics(scores, local: np.ndarray, rows: np.ndarray, positives: list[np.ndarray],
-                     per_query: dict[str, np.ndarray], threads: int) -> None:
-    """AP and AP@R of queries ``rows`` (rows ``local`` of the chunk's score tensor) into ``per_query``."""
-    if scores.device.type == "cpu":
-        ranks = positive_ranks_numpy(scores.numpy()[local], positives, threads=threads)
+    search = {"similarity": similarity, "device": device, "memory_budget": memory_budget, "progress": progress}
+    if any(m.needs_full_ranking for m in metrics):
+        idx = full_ranking(query, query_labels, gallery, members, exclude, per_query, kmax, dist=dist, threads=threads, **search)
     else:
-        ranks = positive_ranks_torch(scores[local], positives)
-    for r, rk in zip(rows, ranks, strict=True):
-        if "map" in per_query:
-            per_query["map"][r] = average_precision(rk)
-        if "map@r" in per_query:
-            per_query["map@r"][r] = average_precision_at_r(rk)
+        idx = ranked_topk(query, gallery, kmax, exclude=exclude, dist=dist, backend=backend, precision=precision,
+                          **search)
+    first = first_positive(idx, gallery_labels, query_labels)
+    per_query.update(topk_values(idx, gallery_labels, query_labels, n_pos, metrics))
+    return _result(per_query, has_pos, metrics, top1=idx[:, 0].copy(), hit1=first == 1)
 
 
-def _first_positive(idx: np.ndarray, gallery_labels: np.ndarray, query_labels: np.ndarray) -> np.ndarray:
+def first_positive(idx: np.ndarray, gallery_labels: np.ndarray, query_labels: np.ndarray) -> np.ndarray:
     """1-based position of the first same-label neighbour in each row of ``idx``; inf if none."""
     hit = (idx >= 0) & (gallery_labels[np.maximum(idx, 0)] == query_labels[:, None])
     first = np.where(hit.any(1), hit.argmax(1) + 1, np.inf)
     return first
-
-
-def _without(members: np.ndarray, excluded: int) -> np.ndarray:
-    return members[members != excluded] if excluded >= 0 else members
 
 
 def template_identification(

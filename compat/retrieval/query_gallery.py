@@ -10,7 +10,9 @@ query's ranking before any rank is counted:
 - with a relevance file, the items listed as junk for the query (revisited Oxford / Paris).
 
 Metrics as for leave-one-out: CMC@k from the exact top-k (float64 re-scored, ties to the lower
-gallery index), mAP and mAP@R over the full ranking; queries without a positive are skipped and
+gallery index), mAP and mAP@R from exact ranks (:mod:`compat.retrieval.exact_ranks`: the items
+above each positive are counted over the whole gallery, then its query's ignored items above it,
+compared on the same canonical scores, are taken off); queries without a positive are skipped and
 counted. The top-k search asks for k + (number of ignored items) neighbours, in a few buckets of
 queries, and drops the ignored ones, so the top-k is exact whatever is ignored.
 """
@@ -23,15 +25,20 @@ from enum import Enum
 import numpy as np
 
 from compat.errors import CompatError
-from compat.retrieval.knn import Similarity, knn, scored_chunks
+from compat.retrieval.exact_ranks import Positives
+from compat.retrieval.full_ranking import rank_chunks
+from compat.retrieval.knn import Similarity, knn, score_f64
 from compat.retrieval.metrics import Metric, MetricKind, RetrievalResult
-from compat.retrieval.protocols import _class_members, _cmc_hits, _first_positive, _ranking_metrics, _result
+from compat.retrieval.protocols import _class_members, _cmc_hits, _result, first_positive
 from compat.retrieval.qrels import Qrels, resolve_ids
+from compat.retrieval.sharding import precisions_from_ranks
 
 __all__ = ["Exclude", "Judgements", "SparseRows", "judge", "query_gallery"]
 
 # Queries searched together at least (see _buckets).
 _MIN_BUCKET = 256
+# Float64 features gathered at a time while scoring (query, item) pairs exactly.
+_PAIR_BYTES = 64 << 20
 
 
 class Exclude(str, Enum):
@@ -209,18 +216,79 @@ def query_gallery(
             _, idx = knn(chunk, gallery, kmax + extra, backend=backend, **search)
             record(rows, _drop_ignored(idx, rows, judged.ignored, kmax, len(gallery)))
         return _result(per_query, has_pos, metrics, top1=top1, hit1=hit1)
-    members = _class_members(gallery_labels) if judged.positives is None else {}
-    extra = int(judged.ignored.counts.max(initial=0))
-    for start, scores, _, top_i in scored_chunks(query, gallery, kmax + extra, exclude=np.full(len(query), -1),
-                                                 **search):
-        rows = np.arange(start, start + scores.shape[0])
-        record(rows, _drop_ignored(top_i, rows, judged.ignored, kmax, len(gallery)))
-        _mask_ignored(scores, rows, start, judged.ignored)
-        live = rows[has_pos[rows]]
-        positives = [_positives(r, judged, members, query_labels, query_groups, gallery_groups, exclude)
-                     for r in live]
-        _ranking_metrics(scores, live - start, live, positives, per_query, threads)
+    sets = (query, query_labels, query_groups, gallery, gallery_labels, gallery_groups)
+    _rank_fully(sets, judged, exclude, kmax, per_query, record, similarity=similarity, device=device,
+                memory_budget=memory_budget, threads=threads, progress=progress)
     return _result(per_query, has_pos, metrics, top1=top1, hit1=hit1)
+
+
+def _rank_fully(sets: tuple, judged: Judgements, exclude: Exclude, kmax: int, per_query: dict[str, np.ndarray],
+                record, *, similarity: Similarity, device: str, memory_budget: int, threads: int,
+                progress: bool) -> None:
+    """The exact top-k (to ``record``) and AP / AP@R (into ``per_query``) of every query, from exact
+    ranks counted over the whole gallery minus the query's ignored items ranked above each positive."""
+    query, query_labels, query_groups, gallery, gallery_labels, gallery_groups = sets
+    has_pos = judged.n_pos > 0
+    members = _class_members(gallery_labels) if judged.positives is None else {}
+
+    def positives_of(rows: range, with_scores: bool) -> Positives:
+        owner, index = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
+        for j, r in enumerate(rows):
+            if has_pos[r]:
+                p = _positives(r, judged, members, query_labels, query_groups, gallery_groups, exclude)
+                owner.append(np.full(len(p), j, dtype=np.int64))
+                index.append(p)
+        o, i = np.concatenate(owner), np.concatenate(index)
+        score = _pair_scores(query, gallery, rows.start + o, i, similarity) if with_scores else None
+        return Positives.build(o, i, score, len(rows))
+
+    extra = int(judged.ignored.counts.max(initial=0))
+    mean_pos = float(judged.n_pos.mean()) if len(query) else 1.0
+    for chunk in rank_chunks(query, gallery, kmax + extra, positives_of, similarity=similarity, device=device,
+                             exclude=np.full(len(query), -1, dtype=np.int64), memory_budget=memory_budget,
+                             positives_per_query=mean_pos, threads=threads, progress=progress):
+        rows = np.arange(chunk.start, chunk.start + len(chunk.top_i))
+        record(rows, _drop_ignored(chunk.top_i, rows, judged.ignored, kmax, len(gallery)))
+        above = chunk.above - _ignored_above(chunk.positives, range(rows[0], rows[-1] + 1), judged.ignored, query,
+                                             gallery, similarity)
+        ap, ap_r = precisions_from_ranks(chunk.positives, 1 + above)
+        for name, values in (("map", ap), ("map@r", ap_r)):
+            if name in per_query:
+                per_query[name][rows] = values
+
+
+def _pair_scores(query, gallery, q_rows: np.ndarray, g_index: np.ndarray, similarity: Similarity) -> np.ndarray:
+    """Canonical float64 scores of the (query row, gallery index) pairs, a bounded number at a time."""
+    out = np.empty(len(g_index))
+    step = max(1, _PAIR_BYTES // (8 * query.shape[1]))
+    for s in range(0, len(g_index), step):
+        q, g = np.asarray(query[q_rows[s : s + step]]), np.asarray(gallery[g_index[s : s + step]])
+        out[s : s + step] = score_f64(q, g[:, None, :], similarity)[:, 0]
+    return out
+
+
+def _ignored_above(positives: Positives, rows: range, ignored: SparseRows, query, gallery,
+                   similarity: Similarity) -> np.ndarray:
+    """For every positive of a chunk of queries ``rows``, its query's ignored items ranked above it: the
+    exact comparison the counts made (higher canonical score, ties to the lower gallery index)."""
+    out = np.zeros(len(positives.index), dtype=np.int64)
+    q_rows = np.arange(rows.start, rows.stop)
+    i_row, i_index = ignored.pairs(q_rows[ignored.counts[q_rows] > 0])
+    if len(i_row) == 0 or len(positives.index) == 0:
+        return out
+    sizes = np.diff(positives.ptr)
+    p_score = positives.score
+    if p_score is None:
+        p_owner = np.repeat(np.arange(len(sizes)), sizes)
+        p_score = _pair_scores(query, gallery, rows.start + p_owner, positives.index, similarity)
+    i_score = _pair_scores(query, gallery, i_row, i_index, similarity)
+    bounds = np.searchsorted(i_row, np.arange(rows.start, rows.stop + 1))  # i_row ascending
+    for j in np.flatnonzero((np.diff(bounds) > 0) & (sizes > 0)):
+        a, b = positives.ptr[j], positives.ptr[j + 1]
+        si, ii = i_score[bounds[j] : bounds[j + 1]], i_index[bounds[j] : bounds[j + 1]]
+        sp, ip = p_score[a:b, None], positives.index[a:b, None]
+        out[a:b] = ((si > sp) | ((si == sp) & (ii < ip))).sum(1)
+    return out
 
 
 def _buckets(ignored: np.ndarray):
@@ -254,19 +322,9 @@ def _first_hit(top: np.ndarray, rows: np.ndarray, judged: Judgements, g_labels: 
                n_gallery: int) -> np.ndarray:
     """1-based rank of the first positive in each row of ``top``; inf when none."""
     if judged.positives is None:
-        return _first_positive(top, g_labels, q_labels[rows])
+        return first_positive(top, g_labels, q_labels[rows])
     hit = judged.positives.contains(rows, top, n_gallery)
     return np.where(hit.any(1), hit.argmax(1) + 1, np.inf)
-
-
-def _mask_ignored(scores, rows: np.ndarray, start: int, ignored: SparseRows) -> None:
-    """Ignored items of the chunk's queries to -inf in its (r, Ng) score tensor, in place."""
-    import torch
-
-    r, c = ignored.pairs(rows)
-    if len(r):
-        device = scores.device
-        scores[torch.from_numpy(r - start).to(device), torch.from_numpy(c).to(device)] = -float("inf")
 
 
 def _positives(r: int, judged: Judgements, members: dict[int, np.ndarray], q_labels: np.ndarray,

@@ -34,6 +34,7 @@ import yaml
 from compat._atomic import atomic_path
 from compat._files import check_output_dir
 from compat.compatibility.matrix import CompatibilityReport
+from compat.distributed import DistributedContext
 from compat.errors import CompatError
 from compat.features import save_features
 from compat.methods import Method, build_method
@@ -44,7 +45,6 @@ from compat.tracking import TrainingTracker
 from compat.train.checkpoint import rng_state, seed_everything, set_rng_state
 from compat.train.config import Recipe
 from compat.train.data import RecipeData
-from compat.train.distributed import DistributedContext
 from compat.train.loop import EpochStats, train_version
 from compat.train.plan import VersionPlan, check_init_checkpoints, initial_model, model_spec, plan_versions
 from compat.train.resume import check_run_dir, check_same_training

@@ -21,13 +21,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from compat.distributed import DistributedContext
 from compat.errors import CompatError
 from compat.methods.base import Method
 from compat.models.io import load_checkpoint, save_checkpoint
 from compat.progress import progress as progress_bar
 from compat.train.checkpoint import rng_state, set_rng_state
 from compat.train.config import TrainConfig
-from compat.train.distributed import DistributedContext
 from compat.train.optim import build_optimizer, build_scheduler
 from compat.train.resume import check_same_training
 from compat.train.step import backward_step

@@ -11,7 +11,6 @@ import pytest
 from click.testing import CliRunner
 
 from compat.adapters import AdapterConfig, backfill_order, evaluate_with_adapters, fit_adapter
-from compat.adapters.external_sort import ExternalSort
 from compat.adapters.orderings import random_keys
 from compat.adapters.plan import PlanSettings, plan_backfill
 from compat.adapters.plan_goals import flattening_index, parse_budget, parse_target, target_index
@@ -20,6 +19,7 @@ from compat.adapters.plan_report import write_plan
 from compat.cli import cli
 from compat.compatibility import Version
 from compat.errors import CompatError
+from compat.external_sort import ExternalSort
 from compat.features import FeatureSet, save_features
 from compat.gate import bootstrap_ci
 from compat.retrieval import RetrievalEvaluator

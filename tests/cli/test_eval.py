@@ -120,7 +120,8 @@ def run_ok(out: Path, *args: str | Path) -> dict:
 
 
 def check_schema(doc: dict, names: list[str], protocol: str, metrics: list[str]) -> None:
-    assert set(doc) == {"versions", "protocol", "metrics", "summary", "queries", "flips", "classes", "warnings"}
+    assert set(doc) == {"versions", "protocol", "metrics", "summary", "queries", "ranks", "query_sample", "flips",
+                        "classes", "warnings"}
     assert doc["versions"] == names
     assert doc["protocol"] == protocol
     assert list(doc["metrics"]) == metrics

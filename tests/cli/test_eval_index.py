@@ -105,6 +105,7 @@ def test_a_stored_index_is_searched_for_its_version_only(data, tmp_path):
         (["--index", "HNSW8", "--nprobe", "4"], "no parameter nprobe"),
         (["--index", "Flat", "--protocol", "template"], "protocol loo only"),
         (["--index", "Flat", "--backfill", "random"], "cannot be combined with --adapter or --backfill"),
+        (["--index", "Flat", "--query-sample", "50"], "--index: an index is searched with every query"),
     ],
 )
 def test_bad_index_input_exits_2_with_one_line(data, tmp_path, args, message):

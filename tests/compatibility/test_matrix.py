@@ -103,7 +103,9 @@ def test_chain_cells_equal_single_evaluations():
     assert report.summary["cmc@1"].ecc[1][0] is True  # the compatible new model
     assert report.summary["cmc@1"].ecc[2][0] is False  # the rotated, independent one
     doc = report.to_json()
-    assert list(doc) == ["versions", "protocol", "metrics", "summary", "queries", "flips", "classes", "warnings"]
+    assert list(doc) == ["versions", "protocol", "metrics", "summary", "queries", "ranks", "query_sample", "flips",
+                         "classes", "warnings"]
+    assert (doc["ranks"], doc["query_sample"]) == (1, None)
     n = len(old.labels)
     assert doc["queries"][1] == [{"n": n, "without_positive": 0}, {"n": n, "without_positive": 0}, None]
     assert doc["versions"] == ["v1", "v2", "v3"] and doc["protocol"] == "loo"

@@ -95,6 +95,8 @@ def test_compat_json_matches_design_schema_for_three_versions(tmp_path: Path) ->
             [{"n": 100, "without_positive": 0}, {"n": 100, "without_positive": 0}, None],
             [{"n": 100, "without_positive": 3}, {"n": 100, "without_positive": 0}, {"n": 100, "without_positive": 0}],
         ],
+        "ranks": 1,
+        "query_sample": None,
         "flips": None,  # a report built by hand carries no per-query results
         "classes": None,
         "warnings": [],
@@ -114,6 +116,8 @@ def test_compat_json_for_a_single_version_has_nulls(tmp_path: Path) -> None:
             "map": {"ac": None, "am": 0.6, "bc": None, "fc": None, "ecc": [[None]], "update_gain": None},
         },
         "queries": [[{"n": 100, "without_positive": 0}]],
+        "ranks": 1,
+        "query_sample": None,
         "flips": None,
         "classes": None,
         "warnings": [],
@@ -125,8 +129,8 @@ def test_extra_json_keys_are_merged_at_top_level(tmp_path: Path) -> None:
     write_reports(chain1(), tmp_path, extra_json={"dim_policy": "truncate"})
     doc = json.loads((tmp_path / "compat.json").read_text())
     assert doc["dim_policy"] == "truncate"
-    assert list(doc) == ["versions", "protocol", "metrics", "summary", "queries", "flips", "classes", "warnings",
-                         "dim_policy"]
+    assert list(doc) == ["versions", "protocol", "metrics", "summary", "queries", "ranks", "query_sample", "flips",
+                         "classes", "warnings", "dim_policy"]
 
 
 def test_markdown_shows_percent_and_compatibility_marks() -> None:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from compat.compatibility.indexed import evaluate_index_cell
+from compat.distributed import DistributedContext
 from compat.errors import CompatError
 from compat.gate import DEFAULT_POLICY, load_policy, run_gate
 from compat.retrieval.evaluator import RetrievalEvaluator
@@ -85,3 +86,20 @@ def test_gate_command_takes_an_index(tmp_path):
     bad = invoke("--old", tmp_path / "old.npz", "--new", tmp_path / "new.npz", "--index", "IVF9999,Flat",
                  "--quiet", "--device", "cpu", "--out", tmp_path / "h")
     assert bad.exit_code == 2 and len(bad.stderr.strip().splitlines()) == 1 and "training on 400" in bad.stderr
+
+
+def test_an_index_check_refuses_a_query_sample_and_several_ranks(tmp_path):
+    old, new = _pair()
+    from compat.features import save_features
+
+    save_features(old, tmp_path / "old.npz")
+    save_features(new, tmp_path / "new.npz")
+    result = invoke("--old", tmp_path / "old.npz", "--new", tmp_path / "new.npz", "--index", "Flat",
+                    "--query-sample", "100", "--quiet", "--device", "cpu", "--out", tmp_path / "g")
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "index: an index is searched with every query; leave out --query-sample" in result.stderr
+    assert not (tmp_path / "g" / "gate.json").exists()
+    p = policy({"kind": "compatibility", "metric": "cmc@1", "threshold": 0})
+    two_ranks = RetrievalEvaluator(("cmc@1",), device="cpu", dist=DistributedContext(0, 2, 0))
+    with pytest.raises(CompatError, match="not over 2 torchrun ranks"):
+        run_gate(old, new, p, evaluator=two_ranks, index=IndexSpec(factory="Flat"), n_resamples=200)

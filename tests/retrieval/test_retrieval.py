@@ -11,7 +11,6 @@ from compat.features import FeatureSet
 from compat.retrieval import RetrievalEvaluator, knn, parse_metric
 from compat.retrieval.metrics import average_precision, average_precision_at_r
 from compat.retrieval.protocols import _best_threshold, kfold_threshold_accuracy, match_ids, sample_pairs
-from compat.retrieval.ranking import positive_ranks_numpy, positive_ranks_torch
 from tests.reference import loo_reference, score_matrix
 
 BUDGETS = (1 << 20, 1 << 30)  # 1 MiB forces many small chunks and gallery blocks on the data below
@@ -199,34 +198,6 @@ def test_metrics_identical_across_backends_and_chunk_sizes(similarity):
     # CMC alone takes the top-k path; it must agree with CMC computed next to mAP.
     cmc_only = _evaluate(g, labels, ids, g, labels, ids, metrics=("cmc@1", "cmc@5"), similarity=similarity).values
     assert cmc_only == {k: first[k] for k in ("cmc@1", "cmc@5")}
-
-
-def test_numpy_and_torch_rankings_agree_including_ties():
-    import torch
-
-    rng = np.random.default_rng(0)
-    scores = rng.integers(0, 50, (40, 300)).astype(np.float32)  # many exact ties
-    scores[np.arange(40), np.arange(40)] = -np.inf  # left-out items
-    positives = [np.flatnonzero(rng.random(300) < 0.1) for _ in range(40)]
-    positives = [p[p != r] if len(p[p != r]) else np.array([r + 1]) for r, p in enumerate(positives)]
-    a = positive_ranks_numpy(scores, positives, threads=2)
-    b = positive_ranks_torch(torch.from_numpy(scores), positives)
-    for r in range(40):
-        np.testing.assert_array_equal(a[r], b[r])
-        # Brute force: rank = 1 + #{higher} + #{equal with lower index}.
-        row = scores[r]
-        want = sorted(1 + int(np.sum(row > row[p])) + int(np.sum(row[:p] == row[p])) for p in positives[r])
-        np.testing.assert_array_equal(a[r], want)
-
-
-def test_numpy_ranking_without_ties_matches_brute_force():
-    rng = np.random.default_rng(1)
-    scores = rng.standard_normal((30, 500)).astype(np.float32)
-    scores[np.arange(30), np.arange(30)] = -np.inf
-    positives = [np.setdiff1d(np.flatnonzero(rng.random(500) < 0.2), [r]) for r in range(30)]
-    for r, ranks in enumerate(positive_ranks_numpy(scores, positives, threads=1)):
-        want = sorted(1 + int(np.sum(scores[r] > scores[r][p])) for p in positives[r])
-        np.testing.assert_array_equal(ranks, want)
 
 
 def test_evaluator_accepts_memory_mapped_directory_features(tmp_path):

@@ -21,7 +21,7 @@ from typing import Self
 
 import numpy as np
 
-__all__ = ["ExternalSort"]
+__all__ = ["ExternalSort", "first_repeat"]
 
 
 def _sort(records: np.ndarray) -> np.ndarray:
@@ -146,3 +146,22 @@ class ExternalSort:
                 if not len(r.buffer) and r.on_disk:
                     r.refill(chunk)
             yield _sort(np.concatenate(taken))
+
+
+def first_repeat(chunks: Iterator[np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The first two records that share a ``key`` in chunks sorted by (``key``, ``row``), or None.
+
+    Reads the chunks one at a time (the output of :meth:`ExternalSort.merged`), so checking keys for
+    uniqueness holds one chunk in memory.
+    """
+    previous = None
+    for chunk in chunks:
+        if not len(chunk):
+            continue
+        if previous is not None and chunk["key"][0] == previous["key"]:
+            return previous, chunk[0]
+        same = np.flatnonzero(chunk["key"][1:] == chunk["key"][:-1])
+        if len(same):
+            return chunk[same[0]], chunk[same[0] + 1]
+        previous = chunk[-1]
+    return None
