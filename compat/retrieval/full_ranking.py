@@ -125,7 +125,7 @@ def rank_chunks(
                 s = state.scores(sub, block, b_start)
                 eps = error_bound(q_raw[sub.start : sub.stop], norm, dim, similarity)
                 count_above(s, positives, sub, eps, offset + b_start, q_raw[sub.start : sub.stop], raw, similarity,
-                            above, threads=threads)
+                            above, exclude=ex[sub.start : sub.stop], threads=threads)
             release(gallery, b_start, b_start + len(block))
         if similarity is Similarity.L2 and prepared.cache is None:
             prepared.record_max_norm(max_norm)

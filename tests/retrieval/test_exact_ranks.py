@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compat.retrieval import RetrievalEvaluator
+from compat.retrieval import RetrievalEvaluator, exact_ranks
 from compat.retrieval.exact_ranks import Positives, count_above
 from compat.retrieval.full_ranking import rank_chunks
 from compat.retrieval.knn import Similarity, error_bound, prepare, score_block_torch, score_f64
@@ -42,7 +42,11 @@ def _brute_ranks(q, g, labels, q_labels, exclude, similarity):
 
 @pytest.mark.parametrize("similarity", [Similarity.COSINE, Similarity.L2])
 @pytest.mark.parametrize("row_scores", [True, False])
-def test_count_above_equals_sorting_float64_scores(similarity, row_scores):
+@pytest.mark.parametrize("crowded", [np.inf, -1.0], ids=["float32-windows", "float64-pass"])
+def test_count_above_equals_sorting_float64_scores(similarity, row_scores, crowded, monkeypatch):
+    # float32 windows only, or every group counted again on float64 scores (as crowded galleries are)
+    monkeypatch.setattr(exact_ranks, "_CROWDED", crowded)
+    monkeypatch.setattr(exact_ranks, "_SLICE_ENTRIES", 50 * 40)  # several slices per block
     g, labels = _near_ties()
     q, q_labels, exclude = g[:50], labels[:50], np.arange(50)
     want = _brute_ranks(q, g, labels, q_labels, exclude, similarity)
@@ -65,7 +69,7 @@ def test_count_above_equals_sorting_float64_scores(similarity, row_scores):
         s[np.flatnonzero(inside), local[inside]] = -np.inf
         norm = float(np.linalg.norm(g[a:b].astype(np.float64), axis=1).max())
         eps = error_bound(q, norm, g.shape[1], similarity)
-        count_above(s, positives, range(50), eps, a, q, g[a:b], similarity, counts, threads=2)
+        count_above(s, positives, range(50), eps, a, q, g[a:b], similarity, counts, exclude=exclude, threads=2)
     got = [{} for _ in range(50)]
     for j in range(50):
         for e in range(positives.ptr[j], positives.ptr[j + 1]):
@@ -113,3 +117,25 @@ def test_rank_chunks_reads_positive_scores_from_rows_or_takes_them_exact():
     b = np.concatenate([c.above for c in runs[1]])
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(np.concatenate([c.top_i for c in runs[0]]), np.concatenate([c.top_i for c in runs[1]]))
+
+
+@pytest.mark.parametrize("similarity", ["cosine", "l2"])
+def test_float64_pass_of_crowded_groups_gives_the_same_ranks(similarity, monkeypatch):
+    """Groups counted again on float64 scores (as crowded galleries are) rank exactly as the float32
+    windows do, whatever the blocks, slices and chunks: every per-query value is equal."""
+    g, labels = _near_ties(n=700, d=12, classes=5, seed=4)
+    ids = np.arange(len(g)) * 3 + 1
+
+    def run(budget):
+        ev = RetrievalEvaluator(("cmc@1", "map", "map@r"), device="cpu", similarity=similarity, memory_budget=budget)
+        return ev.evaluate_arrays(g, labels, ids, g, labels, ids)
+
+    monkeypatch.setattr(exact_ranks, "_CROWDED", np.inf)  # float32 windows only
+    want = run(1 << 30)
+    monkeypatch.setattr(exact_ranks, "_CROWDED", -1.0)
+    monkeypatch.setattr(exact_ranks, "_SLICE_ENTRIES", 700 * 97)  # 8 slices of the gallery
+    for budget in (1 << 20, 1 << 30):
+        got = run(budget)
+        assert got.values == want.values
+        for name, values in got.per_query.items():
+            np.testing.assert_array_equal(values, want.per_query[name])
