@@ -142,8 +142,9 @@ def _rows_counts(s: np.ndarray, ptr: np.ndarray, index: np.ndarray, threshold: n
     near = near[order]
     keys, vals, cols = key[near], s.ravel()[near], near % b
     # Each positive against the near items of its window's bins: above hi, below lo, or to re-score.
-    first = np.searchsorted(keys, key_lo, side="left")
-    span_n = np.searchsorted(keys, key_hi, side="right") - first
+    below = np.concatenate([[0], np.cumsum(np.bincount(keys, minlength=r * width))])  # near items with a lower key
+    first = below[key_lo]
+    span_n = below[key_hi + 1] - first
     total = int(span_n.sum())
     if not total:
         return counts
@@ -170,55 +171,70 @@ def _rows_counts(s: np.ndarray, ptr: np.ndarray, index: np.ndarray, threshold: n
     return counts
 
 
-def _bound64(q_raw: np.ndarray, block: np.ndarray, dim: int, similarity: Similarity) -> np.ndarray:
-    """Bound on ``|S64 - S|`` per query (:func:`_scores64` against the canonical score), doubled."""
+def _bound64(q_raw: np.ndarray, gallery_norm: float, dim: int, similarity: Similarity) -> np.ndarray:
+    """Bound on ``|S64 - S|`` per query (:func:`_scores64` against the canonical score), doubled;
+    ``gallery_norm`` bounds the gallery rows' norms (L2 only)."""
     if similarity is Similarity.COSINE:
         return np.full(len(q_raw), 8.0 * (dim + 2) * _UNIT_ROUNDOFF64)
     qn = np.linalg.norm(q_raw.astype(np.float64), axis=1)
-    gn = float(np.sqrt(np.einsum("ij,ij->i", block, block).max())) if len(block) else 0.0
-    return 4.0 * (dim + 3) * _UNIT_ROUNDOFF64 * (qn + gn) ** 2
+    return 4.0 * (dim + 3) * _UNIT_ROUNDOFF64 * (qn + gallery_norm) ** 2
 
 
-def _scores64(q64: np.ndarray, block: np.ndarray, similarity: Similarity) -> np.ndarray:
-    """(r, b) float64 scores from one matrix product; ``q64`` from :func:`as_f64`, ``block`` float64 raw."""
-    dots = q64 @ block.T
-    sq = np.einsum("ij,ij->i", block, block)
+def _scores64(q64: np.ndarray, block: np.ndarray, sq: np.ndarray, similarity: Similarity) -> np.ndarray:
+    """(r, b) float64 scores from one matrix product: ``q64`` from :func:`as_f64`, ``block`` the raw
+    rows in float64, ``sq`` their squared norms."""
+    s = q64 @ block.T
     if similarity is Similarity.COSINE:
-        return dots * (1.0 / np.maximum(np.sqrt(sq), 1e-300))
-    return 2.0 * dots - np.einsum("ij,ij->i", q64, q64)[:, None] - sq
+        s *= 1.0 / np.maximum(np.sqrt(sq), 1e-300)
+    else:
+        s *= 2.0
+        s -= np.einsum("ij,ij->i", q64, q64)[:, None]
+        s -= sq
+    return s
 
 
 def _count_float64(parts: list[range], positives: Positives, rows: range, exclude: np.ndarray | None, start: int,
                    q_raw: np.ndarray, block_raw: np.ndarray, similarity: Similarity, out: np.ndarray,
                    pool: ThreadPoolExecutor | None) -> None:
-    """Count the positives of the crowded groups ``parts`` again, on float64 scores, slice by slice."""
+    """Count the positives of the crowded groups ``parts`` again, on float64 scores of the block,
+    slice by slice: one matrix product per slice for all their rows, then the counting per group."""
     b, dim = block_raw.shape
-    jobs = []
-    for part in parts:
+    local = np.concatenate([np.arange(p.start, p.stop) for p in parts])
+    q64 = as_f64(q_raw[local], similarity)
+    step = max(1, min(b, _SLICE_ENTRIES // max(dim, len(local))))
+    # Regrouped for the slices: runs of adjacent rows, at most _GROUP_ENTRIES scores per group.
+    runs = np.split(local, np.flatnonzero(np.diff(local) != 1) + 1)
+    size = max(1, _GROUP_ENTRIES // step)
+    groups = [range(int(r[i]), int(r[min(len(r), i + size) - 1]) + 1) for r in runs for i in range(0, len(r), size)]
+    jobs, first = [], 0
+    for part in groups:
         a, e = positives.ptr[rows[part.start]], positives.ptr[rows[part.stop - 1] + 1]
         ptr = positives.ptr[rows[part.start] : rows[part.stop - 1] + 2] - a
-        owner = np.repeat(np.arange(len(part)), np.diff(ptr))
-        q64 = as_f64(q_raw[part.start : part.stop], similarity)
+        view = slice(first, first + len(part))
+        first += len(part)
         if positives.score is None:  # every positive lies in this block
-            exact = pair_f64(q64[owner], as_f64(block_raw[positives.index[a:e] - start], similarity), similarity)
+            owner = np.repeat(np.arange(len(part)), np.diff(ptr))
+            exact = pair_f64(q64[view][owner], as_f64(block_raw[positives.index[a:e] - start], similarity), similarity)
         else:
             exact = positives.score[a:e]
-        jobs.append((part, a, e, ptr, q64, exact))
-    step = max(1, min(b, _SLICE_ENTRIES // max(dim, max(len(p) for p in parts))))
+        jobs.append((part, view, a, e, ptr, exact))
+    ex = None if exclude is None else exclude[local] - start
     for c0 in range(0, b, step):
         raw = block_raw[c0 : c0 + step]
         x64 = raw.astype(np.float64)
+        sq = np.einsum("ij,ij->i", x64, x64)
+        s64 = _scores64(q64, x64, sq, similarity)
+        if ex is not None:
+            hit = np.flatnonzero((ex >= c0) & (ex < c0 + len(raw)))
+            s64[hit, ex[hit] - c0] = -np.inf
+        gallery_norm = float(np.sqrt(sq.max())) if len(sq) else 0.0
 
-        def work(job, c0=c0, raw=raw, x64=x64) -> None:
-            part, a, e, ptr, q64, exact = job
-            s64 = _scores64(q64, x64, similarity)
-            if exclude is not None:
-                col = exclude[part.start : part.stop] - start - c0
-                hit = np.flatnonzero((col >= 0) & (col < len(raw)))
-                s64[hit, col[hit]] = -np.inf
-            eps = _bound64(q_raw[part.start : part.stop], x64, dim, similarity)
-            out[a:e] += _rows_counts(s64, ptr, positives.index[a:e], exact, np.zeros(e - a), eps, start + c0,
-                                     q_raw[part.start : part.stop], raw, exact, similarity)
+        def work(job, c0=c0, raw=raw, s64=s64, gallery_norm=gallery_norm) -> None:
+            part, view, a, e, ptr, exact = job
+            q_part = q_raw[part.start : part.stop]
+            eps = _bound64(q_part, gallery_norm, dim, similarity)
+            out[a:e] += _rows_counts(s64[view], ptr, positives.index[a:e], exact, np.zeros(e - a), eps, start + c0,
+                                     q_part, raw, exact, similarity)
 
         if pool is None:
             for job in jobs:
