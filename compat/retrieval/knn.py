@@ -15,6 +15,7 @@ import functools
 import logging
 import math
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
 
@@ -331,12 +332,11 @@ def _faiss_candidates(
     metric = faiss.METRIC_INNER_PRODUCT if similarity is Similarity.COSINE else faiss.METRIC_L2
     best_s = np.full((len(q), 0), -np.inf)
     best_i = np.zeros((len(q), 0), dtype=np.int64)
-    gpu = _faiss_gpu_resources(device)
+    gpus = _faiss_gpus(device)
     for start, block in prepared:
         take = min(kk + 1, len(block))
-        if gpu is not None:
-            index = int(device.split(":", 1)[1]) if ":" in device else 0
-            d, i = faiss.knn_gpu(gpu, q, block, take, metric=metric, device=index)
+        if gpus:
+            d, i = _knn_on_gpus(faiss, gpus, q, block, take, metric)
         else:
             d, i = faiss.knn(q, block, take, metric=metric)
         s = d.astype(np.float64) if similarity is Similarity.COSINE else -d.astype(np.float64)
@@ -351,18 +351,40 @@ def _faiss_candidates(
     return best_s, best_i
 
 
-_GPU_RESOURCES: dict[str, object] = {}
+_GPU_RESOURCES: dict[int, object] = {}
 
 
-def _faiss_gpu_resources(device: str):
-    """One faiss-gpu resource object per device, made on first use; None on CPU."""
+def _faiss_gpus(device: str) -> list[tuple[int, object]]:
+    """The GPUs faiss searches on, with one resource object each (made on first use): ``cuda:N`` is
+    GPU N, plain ``cuda`` every GPU faiss sees (the gallery block is split over them); none on CPU."""
     if not device.startswith("cuda"):
-        return None
+        return []
     import faiss
 
-    if device not in _GPU_RESOURCES:
-        _GPU_RESOURCES[device] = faiss.StandardGpuResources()
-    return _GPU_RESOURCES[device]
+    ids = [int(device.split(":", 1)[1])] if ":" in device else list(range(max(1, faiss.get_num_gpus())))
+    for n in ids:
+        if n not in _GPU_RESOURCES:
+            _GPU_RESOURCES[n] = faiss.StandardGpuResources()
+    return [(n, _GPU_RESOURCES[n]) for n in ids]
+
+
+def _knn_on_gpus(faiss, gpus: list[tuple[int, object]], q: np.ndarray, block: np.ndarray, take: int,
+                 metric) -> tuple[np.ndarray, np.ndarray]:
+    """``faiss.knn_gpu`` of one gallery block split in row ranges over several GPUs, one thread each
+    (faiss releases the GIL); returns every part's lists side by side, indices into the block."""
+    bounds = np.linspace(0, len(block), len(gpus) + 1).astype(int)
+    parts = [(gpu, a, b) for gpu, a, b in zip(gpus, bounds[:-1], bounds[1:], strict=True) if b > a]
+
+    def one(part):
+        (n, res), a, b = part
+        d, i = faiss.knn_gpu(res, q, block[a:b], min(take, b - a), metric=metric, device=n)
+        return d, np.where(i >= 0, i.astype(np.int64) + a, -1)
+
+    if len(parts) == 1:
+        return one(parts[0])
+    with ThreadPoolExecutor(len(parts)) as pool:
+        found = list(pool.map(one, parts))
+    return np.concatenate([d for d, _ in found], 1), np.concatenate([i for _, i in found], 1)
 
 
 def _canonical_topk(
