@@ -408,8 +408,9 @@ def _canonical_topk(
     step = max(1, (64 << 20) // (8 * max(1, kk) * dim))  # float64 candidate vectors per sub-chunk
     for s in range(0, nq, step):
         rows = safe_i[s : s + step]
-        cand = np.asarray(gallery[rows.ravel()]).reshape(len(rows), kk, dim)
-        exact[s : s + step] = score_f64(q_raw[s : s + step], cand, similarity)
+        items, back = np.unique(rows.ravel(), return_inverse=True)  # each item prepared once, not per query
+        cand = as_f64(np.asarray(gallery[items]), similarity)[back].reshape(len(rows), kk, dim)
+        exact[s : s + step] = pair_f64(as_f64(q_raw[s : s + step], similarity)[:, None, :], cand, similarity)
     exact = np.where(valid, exact, -np.inf)
     order = np.lexsort((safe_i, -exact), axis=1)[:, :k]
     top_s = np.full((nq, k), np.nan)
