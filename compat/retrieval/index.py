@@ -162,7 +162,7 @@ def _gpu_resources(device: str):
         return None
     import faiss
 
-    from compat.retrieval.knn import _faiss_gpus
+    from compat.retrieval.faiss_search import _faiss_gpus
 
     if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() < 1:
         logger.warning("index: faiss has no GPU support here; the index is built and searched on the CPU")

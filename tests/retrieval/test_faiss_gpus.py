@@ -15,7 +15,7 @@ import torch
 
 from compat.retrieval.knn import knn
 
-knn_module = importlib.import_module("compat.retrieval.knn")  # the package exports the function as `knn`
+faiss_search = importlib.import_module("compat.retrieval.faiss_search")
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ def fake_gpus(monkeypatch):
     monkeypatch.setattr(faiss, "get_num_gpus", lambda: 3)
     monkeypatch.setattr(faiss, "knn_gpu", knn_gpu, raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(knn_module, "_GPU_RESOURCES", {})
+    monkeypatch.setattr(faiss_search, "_GPU_RESOURCES", {})
     return calls
 
 
