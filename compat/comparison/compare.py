@@ -225,7 +225,10 @@ def _evaluate(run: Run, cell: tuple[str, str], evaluator: RetrievalEvaluator,
         reported = run.values.get(metric, {}).get(cell)
         value = result.values[metric]
         if reported is not None and not math.isclose(value, reported, rel_tol=0.0, abs_tol=_REPORT_TOLERANCE):
-            raise CompatError(f"{where}: {metric} evaluated from the feature sets is {value:.6f} but the report says "
-                              f"{reported:.6f}; the feature sets or the evaluation settings are not the run's")
+            why = ("a report written by an earlier compat, whose mAP ranked positives against float32 scores, "
+                   "differs in the 7th digit" if abs(value - reported) < 1e-5 else
+                   "the feature sets or the evaluation settings are not the run's")
+            raise CompatError(f"{where}: {metric} evaluated from the feature sets is {value:.10g} but the report says "
+                              f"{reported:.10g}; {why}")
     logger.info("%s: %s", where, result.values)
     return result

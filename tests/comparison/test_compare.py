@@ -133,10 +133,20 @@ def test_protocols_without_a_query_per_feature_set_are_refused(tmp_path, protoco
         compare_runs(a, a, n_resamples=10, progress=False)
 
 
+def test_a_report_off_in_the_7th_digit_is_refused_with_the_likely_reason(tmp_path):
+    a = _run(tmp_path, "a", ANGLES_A)
+    report = json.loads((a / "compat.json").read_text())
+    metric = next(iter(report["metrics"]))
+    report["metrics"][metric][0][0] += 1e-7  # as a report written before exact ranks
+    (a / "compat.json").write_text(json.dumps(report))
+    with pytest.raises(CompatError, match=r"but the report says [0-9.]+; a report written by an earlier compat"):
+        compare_runs(a, a, n_resamples=10, progress=False)
+
+
 def test_feature_sets_that_are_not_the_runs_are_refused(tmp_path):
     a, b = _run(tmp_path, "a", ANGLES_A), _run(tmp_path, "b", ANGLES_B)
     save_features(FeatureSet.from_arrays(_circle(ANGLES_A), LABELS, IDS), b / "v0.npz")  # swapped behind the report
-    with pytest.raises(CompatError, match="evaluated from the feature sets is 1.000000 but the report says 0.500000"):
+    with pytest.raises(CompatError, match="sets is 1 but the report says 0.5; the feature sets or the evaluation"):
         compare_runs(a, b, n_resamples=10, progress=False)
     (b / "v1.npz").unlink()
     with pytest.raises(CompatError, match="no feature set for version 'v1'"):
