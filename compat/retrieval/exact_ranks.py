@@ -171,13 +171,12 @@ def _rows_counts(s: np.ndarray, ptr: np.ndarray, index: np.ndarray, threshold: n
     return counts
 
 
-def _bound64(q_raw: np.ndarray, gallery_norm: float, dim: int, similarity: Similarity) -> np.ndarray:
+def _bound64(q_norm: np.ndarray, gallery_norm: float, dim: int, similarity: Similarity) -> np.ndarray:
     """Bound on ``|S64 - S|`` per query (:func:`_scores64` against the canonical score), doubled;
-    ``gallery_norm`` bounds the gallery rows' norms (L2 only)."""
+    ``q_norm`` and ``gallery_norm`` (the largest gallery row's) are the raw features' norms (L2 only)."""
     if similarity is Similarity.COSINE:
-        return np.full(len(q_raw), 8.0 * (dim + 2) * _UNIT_ROUNDOFF64)
-    qn = np.linalg.norm(q_raw.astype(np.float64), axis=1)
-    return 4.0 * (dim + 3) * _UNIT_ROUNDOFF64 * (qn + gallery_norm) ** 2
+        return np.full(len(q_norm), 8.0 * (dim + 2) * _UNIT_ROUNDOFF64)
+    return 4.0 * (dim + 3) * _UNIT_ROUNDOFF64 * (q_norm + gallery_norm) ** 2
 
 
 def _scores64(q64: np.ndarray, block: np.ndarray, sq: np.ndarray, similarity: Similarity) -> np.ndarray:
@@ -201,6 +200,7 @@ def _count_float64(parts: list[range], positives: Positives, rows: range, exclud
     b, dim = block_raw.shape
     local = np.concatenate([np.arange(p.start, p.stop) for p in parts])
     q64 = as_f64(q_raw[local], similarity)
+    q_norm = np.linalg.norm(q_raw[local].astype(np.float64), axis=1)
     step = max(1, min(b, _SLICE_ENTRIES // max(dim, len(local))))
     # Regrouped for the slices: runs of adjacent rows, at most _GROUP_ENTRIES scores per group.
     runs = np.split(local, np.flatnonzero(np.diff(local) != 1) + 1)
@@ -231,10 +231,9 @@ def _count_float64(parts: list[range], positives: Positives, rows: range, exclud
 
         def work(job, c0=c0, raw=raw, s64=s64, gallery_norm=gallery_norm) -> None:
             part, view, a, e, ptr, exact = job
-            q_part = q_raw[part.start : part.stop]
-            eps = _bound64(q_part, gallery_norm, dim, similarity)
+            eps = _bound64(q_norm[view], gallery_norm, dim, similarity)
             out[a:e] += _rows_counts(s64[view], ptr, positives.index[a:e], exact, np.zeros(e - a), eps, start + c0,
-                                     q_part, raw, exact, similarity)
+                                     q_raw[part.start : part.stop], raw, exact, similarity)
 
         if pool is None:
             for job in jobs:

@@ -7,12 +7,16 @@ The candidates are float32; :func:`compat.retrieval.knn.knn` re-scores them in f
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from compat.retrieval.knn import Similarity, _PreparedGallery
+from compat.retrieval.knn import Similarity
 
-__all__ = ["faiss_candidates"]
+if TYPE_CHECKING:
+    from compat.retrieval.knn import _PreparedGallery
+
+__all__ = ["faiss_candidates", "faiss_gpus"]
 
 
 def faiss_candidates(
@@ -24,11 +28,11 @@ def faiss_candidates(
     metric = faiss.METRIC_INNER_PRODUCT if similarity is Similarity.COSINE else faiss.METRIC_L2
     best_s = np.full((len(q), 0), -np.inf)
     best_i = np.zeros((len(q), 0), dtype=np.int64)
-    gpus = _faiss_gpus(device)
+    gpus = faiss_gpus(device)
     for start, block in prepared:
         take = min(kk + 1, len(block))
         if gpus:
-            d, i = _knn_on_gpus(faiss, gpus, q, block, take, metric)
+            d, i = _knn_on_gpus(gpus, q, block, take, metric)
         else:
             d, i = faiss.knn(q, block, take, metric=metric)
         s = d.astype(np.float64) if similarity is Similarity.COSINE else -d.astype(np.float64)
@@ -46,7 +50,7 @@ def faiss_candidates(
 _GPU_RESOURCES: dict[int, object] = {}
 
 
-def _faiss_gpus(device: str) -> list[tuple[int, object]]:
+def faiss_gpus(device: str) -> list[tuple[int, object]]:
     """The GPUs faiss searches on, with one resource object each (made on first use): ``cuda:N`` is
     GPU N, plain ``cuda`` every GPU faiss sees (the gallery block is split over them); none on CPU."""
     if not device.startswith("cuda"):
@@ -60,10 +64,12 @@ def _faiss_gpus(device: str) -> list[tuple[int, object]]:
     return [(n, _GPU_RESOURCES[n]) for n in ids]
 
 
-def _knn_on_gpus(faiss, gpus: list[tuple[int, object]], q: np.ndarray, block: np.ndarray, take: int,
+def _knn_on_gpus(gpus: list[tuple[int, object]], q: np.ndarray, block: np.ndarray, take: int,
                  metric) -> tuple[np.ndarray, np.ndarray]:
     """``faiss.knn_gpu`` of one gallery block split in row ranges over several GPUs, one thread each
     (faiss releases the GIL); returns every part's lists side by side, indices into the block."""
+    import faiss
+
     bounds = np.linspace(0, len(block), len(gpus) + 1).astype(int)
     parts = [(gpu, a, b) for gpu, a, b in zip(gpus, bounds[:-1], bounds[1:], strict=True) if b > a]
 

@@ -162,13 +162,13 @@ def _gpu_resources(device: str):
         return None
     import faiss
 
-    from compat.retrieval.faiss_search import _faiss_gpus
+    from compat.retrieval.faiss_search import faiss_gpus
 
     if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() < 1:
         logger.warning("index: faiss has no GPU support here; the index is built and searched on the CPU")
         return None
     gpu = int(device.split(":", 1)[1]) if ":" in device else 0
-    return _faiss_gpus(f"cuda:{gpu}")[0][1]
+    return faiss_gpus(f"cuda:{gpu}")[0][1]
 
 
 def to_device(index: Any, device: str, *, where: str = "index") -> Any:
